@@ -1,0 +1,5 @@
+"""Pure Keras 3 multi-task models for conversion chains. Imports nothing from TFX.
+
+    from keras_models import registry, layout
+    model = registry.build("shared_bottom", inputs, tasks, {"embedding_dim": 8})
+"""

@@ -1,0 +1,91 @@
+"""What a model reads and predicts, and the names of its outputs.
+
+The output names are a contract: they are the keys of the serving signature's
+output dict and the output names TFMA evaluates.
+
+  <step>_prob    marginal probability of a binary step on the impression space
+  <target>_pred  the continuous core target, on its original scale
+  score          a ranking score: the core prediction when the chain has one,
+                 else the last step's probability
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+SCORE_KEY = "score"
+
+
+def prob_key(step: str) -> str:
+    return f"{step}_prob"
+
+
+def pred_key(target: str) -> str:
+    return f"{target}_pred"
+
+
+def scaled_key(target: str) -> str:
+    """Training-only output: the core prediction on the scaled (training) scale."""
+    return f"{target}_scaled"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputLayout:
+    """Model inputs, as the Transform output delivers them.
+
+    Attributes:
+      categorical: field name -> number of ids (vocabulary plus OOV buckets);
+        each input is an int64 tensor of shape (batch,).
+      numeric: names of scaled float32 inputs of shape (batch,).
+    """
+
+    categorical: Mapping[str, int]
+    numeric: tuple[str, ...] = ()
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(self.categorical) + tuple(self.numeric)
+
+    def to_config(self) -> dict:
+        return {"categorical": dict(self.categorical), "numeric": list(self.numeric)}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "InputLayout":
+        return cls(dict(config["categorical"]), tuple(config.get("numeric", ())))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskLayout:
+    """The chain a model predicts.
+
+    Attributes:
+      steps: binary steps in path order.
+      core_target: optional continuous target ending the chain.
+      target_transform: "z_score" or "log1p_z_score" for training on the target.
+    """
+
+    steps: tuple[str, ...]
+    core_target: str | None = None
+    target_transform: str = "log1p_z_score"
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.steps + ((self.core_target,) if self.core_target else ())
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        """The serving/TFMA output names, in a stable order."""
+        keys = tuple(prob_key(s) for s in self.steps)
+        if self.core_target:
+            keys += (pred_key(self.core_target),)
+        return keys + (SCORE_KEY,)
+
+    def to_config(self) -> dict:
+        return {"steps": list(self.steps), "core_target": self.core_target,
+                "target_transform": self.target_transform}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "TaskLayout":
+        return cls(tuple(config["steps"]), config.get("core_target"),
+                   config.get("target_transform", "log1p_z_score"))

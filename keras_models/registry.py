@@ -1,0 +1,29 @@
+"""Model names -> classes, and one `build` function used by the Trainer and tests."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import keras
+
+from keras_models.layout import InputLayout, TaskLayout
+from keras_models.shared_bottom import SharedBottom
+
+MODELS = {
+    "shared_bottom": SharedBottom,
+}
+
+
+def model_class(name: str):
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None
+
+
+def build(name: str, input_layout: InputLayout, task_layout: TaskLayout,
+          hparams: Mapping | None = None) -> keras.Model:
+    """Builds and compiles model `name` (Adam at the model's learning rate)."""
+    model = model_class(name)(input_layout, task_layout, dict(hparams or {}))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=model.hparams.learning_rate))
+    return model

@@ -1,0 +1,53 @@
+"""Shared-Bottom: one MLP over all field embeddings, one tower per task."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import ops
+
+from keras_models.base import PACKAGE, Heads, MultiTaskModel, hparams_from_dict
+from keras_models.layers import MLP
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedBottomHParams:
+    embedding_dim: int = 16
+    bottom_units: tuple[int, ...] = (128, 64)
+    tower_units: tuple[int, ...] = (32,)
+    dropout: float = 0.0
+    learning_rate: float = 1e-3
+
+    @classmethod
+    def from_dict(cls, values):
+        return hparams_from_dict(cls, values)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SharedBottom(MultiTaskModel):
+    """e = flatten(embed(x)) (B, F*d) -> bottom MLP (B, h) -> per-task tower -> head.
+
+    Binary heads are sigmoid marginals; the core head is linear on the scaled target.
+    """
+
+    hparams_class = SharedBottomHParams
+
+    def __init__(self, input_layout, task_layout, hparams=None, **kwargs):
+        super().__init__(input_layout, task_layout, hparams, **kwargs)
+        hp = self.hparams
+        self.bottom = MLP(hp.bottom_units, hp.dropout, name="bottom")
+        labels = self.task_layout.label_names
+        self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{label}") for label in labels]
+        self.heads = [keras.layers.Dense(1, name=f"head_{label}") for label in labels]
+
+    def compute_heads(self, inputs, training=False) -> Heads:
+        fields = self.embedding(inputs)                                    # (B, F, d)
+        shared = self.bottom(ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2])),
+                             training=training)                            # (B, h)
+        logits = [ops.squeeze(head(tower(shared, training=training)), -1)  # (B,) each
+                  for tower, head in zip(self.towers, self.heads)]
+        steps = self.task_layout.steps
+        probs = {step: ops.sigmoid(logit) for step, logit in zip(steps, logits)}
+        core = logits[len(steps)] if self.task_layout.core_target else None
+        return Heads(probs, core)

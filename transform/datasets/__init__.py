@@ -1,0 +1,53 @@
+"""Built-in datasets: where a dataset's CSV comes from and which spec reads it.
+
+  synthetic  the seeded funnel generator (default for `make demo`)
+  hillstrom  MineThatData e-mail data, from --data or $HILLSTROM_CSV
+  csv        any CSV file (--data) described by a spec file (--spec)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+from transform import spec as spec_lib
+from transform.datasets import hillstrom, synthetic
+
+NAMES = ("synthetic", "hillstrom", "csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """A CSV file and the spec that describes it."""
+
+    spec: spec_lib.DatasetSpec
+    csv_path: str
+    rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | None = None,
+            rows: int | None = None, seed: int = 0) -> DatasetSource:
+    """Finds (or, for `synthetic`, writes) the CSV for dataset `name`."""
+    if name == "synthetic":
+        if data:
+            raise ValueError("the synthetic dataset is generated; use --rows/--seed instead of --data")
+        config = synthetic.FunnelConfig(rows=rows or synthetic.FunnelConfig.rows, seed=seed)
+        path = os.path.join(work_dir, f"synthetic-rows{config.rows}-seed{config.seed}.csv")
+        if not os.path.exists(path):
+            os.makedirs(work_dir, exist_ok=True)
+            synthetic.write_csv(path + ".partial", config)
+            os.replace(path + ".partial", path)
+        return DatasetSource(_with_spec_override(synthetic.SPEC, spec_path), path)
+    if name == "hillstrom":
+        return DatasetSource(_with_spec_override(hillstrom.SPEC, spec_path),
+                             hillstrom.resolve_path(data), hillstrom.RENAME)
+    if name == "csv":
+        if not data or not spec_path:
+            raise ValueError("the csv dataset needs both --data FILE and --spec FILE")
+        return DatasetSource(spec_lib.load(spec_path), data)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def _with_spec_override(default: spec_lib.DatasetSpec, spec_path: str | None):
+    return spec_lib.load(spec_path) if spec_path else default

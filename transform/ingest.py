@@ -1,0 +1,298 @@
+"""Input checks and conversion of a CSV file into typed tf.Example records.
+
+Every row is checked against the dataset spec before anything trains:
+
+  missing_value      an empty cell in a required column
+  unparsable_number  a cell that does not parse as the column's number type
+  non_binary_label   a chain step that is not 0 or 1
+  chain_violation    a step that is 1 while the previous step is 0, or (for a
+                     gated core target) a non-zero target after a 0 last step
+  negative_target    a continuous core target below zero
+  non_finite         NaN or infinity in a numeric feature or the core target
+
+With `bad_rows="error"` (the default) the first problem raises
+`DataValidationError` naming the file, line and column, with the count of every
+problem found. With `bad_rows="reject"` the bad rows are written, unchanged and
+with their line numbers and reasons, to a rejects CSV, and the per-reason counts
+are returned; the remaining rows are converted. Nothing is dropped silently.
+
+Line numbers count the header as line 1, so the first data row is line 2.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from transform.spec import DatasetSpec
+
+BAD_ROW_MODES = ("error", "reject")
+# Bump when the written record layout changes, so staged data is rebuilt.
+_RECORD_LAYOUT_VERSION = "1"
+_CHUNK_ROWS = 65536
+
+
+class DataValidationError(ValueError):
+    """The input data breaks the spec; the message names file, line and column."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    """What ingesting one source file produced."""
+
+    examples_dir: str          # directory holding data.tfrecord.gz
+    rows_read: int
+    rows_written: int
+    reject_counts: Mapping[str, int]  # reason -> number of rejected rows
+    rejects_path: str | None   # CSV of rejected rows, when any were rejected
+    reused: bool               # True when an identical earlier ingest was reused
+
+
+@dataclasses.dataclass
+class _Problems:
+    """Problems found in a table, one entry per (row, column, reason)."""
+
+    rows: list = dataclasses.field(default_factory=list)
+    columns: list = dataclasses.field(default_factory=list)
+    reasons: list = dataclasses.field(default_factory=list)
+    details: list = dataclasses.field(default_factory=list)
+
+    def add(self, mask: np.ndarray, column: str, reason: str, detail_for_row):
+        for row in np.flatnonzero(mask):
+            self.rows.append(int(row))
+            self.columns.append(column)
+            self.reasons.append(reason)
+            self.details.append(detail_for_row(int(row)))
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def read_text_table(path: str, rename: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Reads a CSV (optionally .gz) with every cell as a string, nothing inferred."""
+    if not os.path.exists(path):
+        raise DataValidationError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"{path}: the file is empty (no header row)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataValidationError(f"{path}: not a readable CSV file: {error}") from None
+    if rename:
+        frame = frame.rename(columns=dict(rename))
+    return frame
+
+
+def _parse_numbers(column: pd.Series):
+    """Returns (values as float64, empty mask, unparsable mask)."""
+    stripped = column.str.strip()
+    empty = (stripped == "").to_numpy()
+    values = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=np.float64)
+    literal_nan = stripped.str.lower().isin(["nan", "-nan", "+nan"]).to_numpy()
+    unparsable = np.isnan(values) & ~empty & ~literal_nan
+    return values, empty, unparsable
+
+
+def _find_problems(frame: pd.DataFrame, spec: DatasetSpec):
+    """Checks every cell; returns (problems, typed columns as numpy arrays)."""
+    problems = _Problems()
+    typed: dict[str, np.ndarray] = {}
+
+    def cell(column):
+        return lambda row: frame[column].iat[row]
+
+    for feature in spec.features:
+        raw = frame[feature.name]
+        if feature.is_categorical and feature.dtype == "string":
+            empty = (raw.str.strip() == "").to_numpy()
+            if feature.required:
+                problems.add(empty, feature.name, "missing_value", lambda r: "missing value")
+            typed[feature.name] = raw.to_numpy(dtype=object)
+            continue
+        values, empty, unparsable = _parse_numbers(raw)
+        if feature.required:
+            problems.add(empty, feature.name, "missing_value", lambda r: "missing value")
+        else:
+            values = np.where(empty, feature.default, values)
+        if feature.is_categorical:  # integer tokens
+            problems.add(unparsable | (~np.isnan(values) & (values != np.round(values))),
+                         feature.name, "unparsable_number",
+                         lambda r, c=cell(feature.name): f"cannot parse {c(r)!r} as an integer")
+            typed[feature.name] = np.nan_to_num(values).astype(np.int64)
+        else:
+            problems.add(unparsable, feature.name, "unparsable_number",
+                         lambda r, c=cell(feature.name): f"cannot parse {c(r)!r} as a number")
+            problems.add(~empty & ~unparsable & ~np.isfinite(values), feature.name, "non_finite",
+                         lambda r, c=cell(feature.name): f"non-finite value {c(r)!r}")
+            typed[feature.name] = values.astype(np.float32)
+
+    chain = spec.chain
+    for step in chain.steps:
+        values, empty, unparsable = _parse_numbers(frame[step])
+        problems.add(empty, step, "missing_value", lambda r: "missing value")
+        problems.add(unparsable, step, "unparsable_number",
+                     lambda r, c=cell(step): f"cannot parse {c(r)!r} as a number")
+        parsed = ~empty & ~unparsable
+        problems.add(parsed & ~np.isin(values, (0.0, 1.0)), step, "non_binary_label",
+                     lambda r, c=cell(step): f"{c(r)!r} is not a binary label (expected 0 or 1)")
+        typed[step] = np.where(values == 1.0, 1, 0).astype(np.int64)
+        previous = chain.previous_step(step)
+        if previous is not None:
+            problems.add((typed[step] == 1) & (typed[previous] == 0), step, "chain_violation",
+                         lambda r, s=step, p=previous: f"{s!r} is 1 while the previous step {p!r} is 0")
+
+    target = chain.core_target
+    if target:
+        values, empty, unparsable = _parse_numbers(frame[target])
+        problems.add(empty, target, "missing_value", lambda r: "missing value")
+        problems.add(unparsable, target, "unparsable_number",
+                     lambda r, c=cell(target): f"cannot parse {c(r)!r} as a number")
+        parsed = ~empty & ~unparsable
+        problems.add(parsed & ~np.isfinite(values), target, "non_finite",
+                     lambda r, c=cell(target): f"non-finite value {c(r)!r} for the continuous target")
+        problems.add(parsed & (values < 0), target, "negative_target",
+                     lambda r, c=cell(target): f"negative value {c(r)} for the continuous target")
+        if chain.core_target_gated:
+            last = chain.steps[-1]
+            problems.add(parsed & (values > 0) & (typed[last] == 0), target, "chain_violation",
+                         lambda r, c=cell(target), s=last: f"value {c(r)} is non-zero while the last step {s!r} is 0")
+        typed[target] = np.nan_to_num(values).astype(np.float32)
+    return problems, typed
+
+
+def _summarise(problems: _Problems) -> collections.Counter:
+    """Rows affected per reason (a row with two problems of a kind counts once)."""
+    return collections.Counter(reason for _, reason in set(zip(problems.rows, problems.reasons)))
+
+
+def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: str = "error"):
+    """Checks a text table against the spec.
+
+    Returns:
+      (typed columns of the good rows, rejects DataFrame, per-reason counts).
+    Raises:
+      DataValidationError: on a structural problem, or on any bad row when
+        `bad_rows == "error"`.
+    """
+    if bad_rows not in BAD_ROW_MODES:
+        raise ValueError(f"bad_rows must be one of {BAD_ROW_MODES}, got {bad_rows!r}")
+    missing = [column for column in spec.columns if column not in frame.columns]
+    if missing:
+        raise DataValidationError(
+            f"{source}: missing column(s) {missing} required by spec {spec.name!r} "
+            f"(the header has {list(frame.columns)})")
+    if len(frame) == 0:
+        raise DataValidationError(f"{source}: no data rows after the header")
+
+    problems, typed = _find_problems(frame, spec)
+    counts = _summarise(problems)
+    if problems and bad_rows == "error":
+        first = int(np.argmin(problems.rows))
+        summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+        raise DataValidationError(
+            f"{source} line {problems.rows[first] + 2}, column {problems.columns[first]!r}: "
+            f"{problems.details[first]} (rows with problems: {summary}; "
+            f"pass --bad-rows reject to set bad rows aside in a rejects file)")
+
+    bad = np.zeros(len(frame), dtype=bool)
+    bad[problems.rows] = True
+    reasons_per_row = collections.defaultdict(list)
+    for row, column, detail in zip(problems.rows, problems.columns, problems.details):
+        reasons_per_row[row].append(f"{column}: {detail}")
+    rejects = frame[bad].copy()
+    rejects.insert(0, "_line", np.flatnonzero(bad) + 2)
+    rejects.insert(1, "_reasons", ["; ".join(reasons_per_row[r]) for r in np.flatnonzero(bad)])
+    good = {name: values[~bad] for name, values in typed.items()}
+    if not (~bad).any():
+        raise DataValidationError(f"{source}: every one of {len(frame)} rows has a problem; "
+                                  f"see the reasons in the rejects file")
+    return good, rejects, dict(counts)
+
+
+def _arrow_column(values: np.ndarray) -> pa.Array:
+    """One value per row, as the list array tf.Example encoding expects."""
+    if values.dtype == object:
+        flat = pa.array(values, type=pa.large_string()).cast(pa.large_binary())
+    else:
+        flat = pa.array(values)
+    offsets = pa.array(np.arange(len(values) + 1, dtype=np.int64))
+    return pa.LargeListArray.from_arrays(offsets, flat)
+
+
+def write_examples(columns: Mapping[str, np.ndarray], path: str) -> int:
+    """Writes one tf.Example per row to a GZIP TFRecord file; returns the row count."""
+    import tensorflow as tf
+    from tfx_bsl.coders import example_coder
+
+    names = sorted(columns)
+    count = len(columns[names[0]])
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for start in range(0, count, _CHUNK_ROWS):
+            batch = pa.RecordBatch.from_arrays(
+                [_arrow_column(columns[n][start:start + _CHUNK_ROWS]) for n in names], names)
+            for record in example_coder.RecordBatchToExamples(batch):
+                writer.write(record)
+    return count
+
+
+def _fingerprint(path: str, spec: DatasetSpec, bad_rows: str, rename) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(spec.to_json().encode())
+    digest.update(json.dumps([bad_rows, sorted((rename or {}).items()), _RECORD_LAYOUT_VERSION]).encode())
+    return digest.hexdigest()[:16]
+
+
+def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = "error",
+               rejects_path: str | None = None, rename: Mapping[str, str] | None = None,
+               log=print) -> IngestResult:
+    """Checks `path` against `spec` and writes typed tf.Examples under `staging_root`.
+
+    The output directory is named by a fingerprint of the file's bytes, the spec
+    and the options, so re-running on unchanged input reuses it (and keeps the
+    pipeline's ExampleGen cache valid).
+    """
+    if not os.path.exists(path):
+        raise DataValidationError(f"{path}: file not found")
+    out_dir = os.path.join(staging_root, f"{spec.name}-{_fingerprint(path, spec, bad_rows, rename)}")
+    summary_path = os.path.join(out_dir, "summary.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as handle:
+            summary = json.load(handle)
+        _report_rejects(summary["rows_read"] - summary["rows_written"], summary["reject_counts"],
+                        summary["rejects_path"], log)
+        return IngestResult(out_dir, summary["rows_read"], summary["rows_written"],
+                            summary["reject_counts"], summary["rejects_path"], reused=True)
+
+    frame = read_text_table(path, rename)
+    good, rejects, counts = check_table(frame, spec, source=path, bad_rows=bad_rows)
+    examples_dir = os.path.join(out_dir, "examples")
+    os.makedirs(examples_dir, exist_ok=True)
+    written = write_examples(good, os.path.join(examples_dir, "data.tfrecord.gz"))
+    saved_rejects = None
+    if len(rejects):
+        saved_rejects = rejects_path or os.path.join(out_dir, "rejects.csv")
+        os.makedirs(os.path.dirname(os.path.abspath(saved_rejects)), exist_ok=True)
+        rejects.to_csv(saved_rejects, index=False)
+    _report_rejects(len(rejects), counts, saved_rejects, log)
+    summary = dict(source=path, rows_read=len(frame), rows_written=written,
+                   reject_counts=counts, rejects_path=saved_rejects)
+    with open(summary_path, "w") as handle:  # written last: marks the ingest complete
+        json.dump(summary, handle, indent=1)
+    return IngestResult(out_dir, len(frame), written, counts, saved_rejects, reused=False)
+
+
+def _report_rejects(rows: int, counts: Mapping[str, int], rejects_path: str | None, log) -> None:
+    if rows:
+        detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+        log(f"rejected {rows} row(s) (rows per reason: {detail}); they are in {rejects_path}")
