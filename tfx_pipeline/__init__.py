@@ -1,0 +1,1 @@
+"""The TFX pipeline: definition, Trainer module, evaluation config, CLI."""

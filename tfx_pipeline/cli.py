@@ -1,0 +1,190 @@
+"""Command line: `python -m tfx_pipeline {run,compile} ...` (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+MODEL_NAMES = ("shared_bottom",)
+DEFAULT_IMAGE = "funnelstack:latest"
+
+
+def code_fingerprint() -> str:
+    """Hash of the project's Python sources; a change re-runs Transform and Trainer."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in ("keras_models", "transform", "tfx_pipeline", "serving"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def parse_hparams(value: str | None) -> dict:
+    """--hparams takes a JSON/YAML file or an inline JSON object."""
+    if not value:
+        return {}
+    if os.path.exists(value):
+        text = Path(value).read_text()
+        if value.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    else:
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--hparams is neither a file nor valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError("--hparams must be a JSON/YAML object of name: value")
+    return data
+
+
+def pipeline_name(dataset: str, model: str) -> str:
+    # Kubeflow does not allow '_' in pipeline names.
+    return f"funnel-{dataset}-{model}".replace("_", "-")
+
+
+def _add_model_args(parser):
+    parser.add_argument("--dataset", default="synthetic", help="synthetic | hillstrom | csv")
+    parser.add_argument("--spec", help="dataset spec file (YAML/JSON); required for --dataset csv")
+    parser.add_argument("--model", default="shared_bottom", help=f"one of: {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--hparams", help="model hyper-parameters: a JSON/YAML file or inline JSON")
+    parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--eval-steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-auc", type=float, default=0.55,
+                        help="bless only if every binary step's AUC on eval exceeds this")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfx_pipeline",
+                                     description="Multi-step conversion models on TFX.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="check the data and run the pipeline locally")
+    _add_model_args(run)
+    run.add_argument("--data", help="CSV file (hillstrom: or $HILLSTROM_CSV; csv: required)")
+    run.add_argument("--rows", type=int, help="rows to generate (synthetic only; default 20000)")
+    run.add_argument("--pipeline-root", help="artifacts and metadata (default: pipelines/<name>)")
+    run.add_argument("--serving-dir", default="serving_models",
+                     help="push target: <serving dir>/<model>/<version>/")
+    run.add_argument("--bad-rows", choices=("error", "reject"), default="error",
+                     help="stop at the first bad input row, or set bad rows aside")
+    run.add_argument("--rejects", help="where to write rejected rows (with --bad-rows reject)")
+    run.add_argument("--beam-args", default="", help="extra Beam pipeline arguments, space-separated")
+    run.add_argument("--verbose", action="store_true", help="show TFX/Beam/TensorFlow logs")
+
+    compile_ = commands.add_parser("compile", help="write a Kubeflow Pipelines v2 spec")
+    _add_model_args(compile_)
+    compile_.add_argument("--output", required=True, help="pipeline spec file to write (.json)")
+    compile_.add_argument("--data-root", default="gs://YOUR_BUCKET/data/synthetic",
+                          help="directory of tf.Example TFRecords the cluster can read")
+    compile_.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/pipelines")
+    compile_.add_argument("--serving-dir", default="gs://YOUR_BUCKET/serving")
+    compile_.add_argument("--image", default=DEFAULT_IMAGE, help="container image of the pipeline")
+    return parser
+
+
+def _config(args, examples_dir: str, spec, pipeline_root: str):
+    from tfx_pipeline.pipeline import PipelineConfig
+
+    return PipelineConfig(
+        pipeline_name=pipeline_name(args.dataset, args.model), pipeline_root=pipeline_root,
+        examples_dir=examples_dir, spec=spec, model_name=args.model,
+        serving_dir=os.path.abspath(args.serving_dir) if "://" not in args.serving_dir
+        else args.serving_dir,
+        hparams=parse_hparams(args.hparams), train_steps=args.train_steps,
+        eval_steps=args.eval_steps, batch_size=args.batch_size, seed=args.seed,
+        min_auc=args.min_auc, beam_args=tuple(getattr(args, "beam_args", "").split()),
+        code_fingerprint=code_fingerprint())
+
+
+def _check_model(name: str):
+    from keras_models import registry
+
+    registry.model_class(name)
+
+
+def command_run(args) -> int:
+    from transform import datasets
+    from transform.ingest import ingest_csv
+
+    _check_model(args.model)
+    name = pipeline_name(args.dataset, args.model)
+    pipeline_root = os.path.abspath(args.pipeline_root or os.path.join("pipelines", name))
+    started = time.monotonic()
+    source = datasets.resolve(args.dataset, os.path.join(pipeline_root, "source"), data=args.data,
+                              spec_path=args.spec, rows=args.rows, seed=args.seed)
+    print(f"checking {source.csv_path} against spec {source.spec.name!r} ...", file=sys.stderr)
+    ingested = ingest_csv(source.csv_path, source.spec, os.path.join(pipeline_root, "ingested"),
+                          bad_rows=args.bad_rows, rejects_path=args.rejects, rename=source.rename,
+                          log=lambda line: print(line, file=sys.stderr))
+    print(f"{ingested.rows_written} of {ingested.rows_read} rows passed the checks"
+          f"{' (reused)' if ingested.reused else ''}", file=sys.stderr)
+
+    from tfx import v1 as tfx
+
+    from tfx_pipeline import progress, results
+    from tfx_pipeline.pipeline import create_pipeline
+
+    config = _config(args, os.path.join(ingested.examples_dir, "examples"), source.spec,
+                     pipeline_root)
+    pipeline = create_pipeline(config)
+    progress.attach(total=len(pipeline.components), verbose=args.verbose)
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+    outcome = results.last_run_outcome(config.metadata_path)
+    if outcome.evaluation_uri:
+        for output, metrics in sorted(results.overall_metrics(outcome.evaluation_uri).items()):
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+            print(f"eval {output}: {shown}")
+    if outcome.blessed:
+        print(f"blessed; pushed to {outcome.pushed_destination}")
+    else:
+        reasons = "; ".join(outcome.failed_thresholds) or "see the Evaluator output"
+        print(f"NOT blessed, nothing pushed: {reasons}")
+    print(f"finished in {time.monotonic() - started:.0f} s; artifacts in {pipeline_root}",
+          file=sys.stderr)
+    return 0
+
+
+def command_compile(args) -> int:
+    from tfx import v1 as tfx
+
+    from tfx_pipeline.pipeline import create_pipeline
+    from transform import datasets
+
+    _check_model(args.model)
+    spec = datasets.resolve(args.dataset, work_dir=".", spec_path=args.spec).spec \
+        if args.dataset != "csv" else __import__("transform.spec", fromlist=["load"]).load(args.spec)
+    config = _config(args, args.data_root, spec, args.pipeline_root)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
+        output_filename=args.output)
+    runner.run(create_pipeline(config, metadata_connection_config=None), write_out=True)
+    print(f"wrote Kubeflow pipeline spec {args.output} (image {args.image})")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": command_run, "compile": command_compile}[args.command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # every failure ends in one readable line
+        reason = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {reason}", file=sys.stderr)
+        if os.environ.get("FUNNEL_DEBUG"):
+            raise
+        return 1

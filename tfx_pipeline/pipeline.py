@@ -1,0 +1,108 @@
+"""The pipeline definition: one `create_pipeline` that wires every component.
+
+ImportExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomaliesGate
+  -> Transform -> Trainer -> Evaluator -> Pusher
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping, Sequence
+
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+
+from tfx_pipeline.anomalies_gate import AnomaliesGate
+from tfx_pipeline.eval_config import build_eval_config
+from transform.spec import DatasetSpec
+
+PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
+RUN_FN = "tfx_pipeline.trainer.run_fn"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that defines one pipeline run."""
+
+    pipeline_name: str
+    pipeline_root: str
+    examples_dir: str            # directory of tf.Example TFRecords (the ingested data)
+    spec: DatasetSpec
+    model_name: str
+    serving_dir: str
+    hparams: Mapping = dataclasses.field(default_factory=dict)
+    train_steps: int = 1000
+    eval_steps: int = 100
+    batch_size: int = 256
+    seed: int = 0
+    min_auc: float = 0.5
+    beam_args: Sequence[str] = ()
+    code_fingerprint: str = ""   # part of custom_config so code changes invalidate the cache
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.pipeline_root, "metadata.sqlite")
+
+    @property
+    def push_base(self) -> str:
+        return os.path.join(self.serving_dir, self.model_name)
+
+
+def _split_config(spec: DatasetSpec) -> example_gen_pb2.Output:
+    eval_buckets = spec.split.eval_percent
+    split_config = example_gen_pb2.SplitConfig(
+        splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
+                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)])
+    if spec.split.partition_column:
+        split_config.partition_feature_name = spec.split.partition_column
+    return example_gen_pb2.Output(split_config=split_config)
+
+
+def create_components(config: PipelineConfig) -> list:
+    spec_json = config.spec.to_json()
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=config.examples_dir, output_config=_split_config(config.spec))
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"spec": spec_json, "code": config.code_fingerprint})
+    transform.add_upstream_node(gate)
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+        custom_config={"spec": spec_json, "model": config.model_name,
+                       "hparams": dict(config.hparams), "batch_size": config.batch_size,
+                       "seed": config.seed, "code": config.code_fingerprint})
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        eval_config=build_eval_config(config.spec, config.min_auc))
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_base)))
+    return [example_gen, statistics_gen, schema_gen, example_validator, gate, transform,
+            trainer, evaluator, pusher]
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    if metadata_connection_config is None:
+        metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path)
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=create_components(config),
+        enable_cache=True,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.beam_args))

@@ -1,0 +1,77 @@
+"""The Trainer component's `run_fn`: build a model by name, fit, export.
+
+custom_config keys (set by pipeline.create_pipeline):
+  spec        dataset spec JSON
+  model       registry name of the model
+  hparams     dict of the model's hyper-parameters
+  batch_size  training batch size
+  seed        random seed for weights and data order
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow_transform as tft
+from tfx_bsl.public import tfxio
+
+from keras_models import registry
+from keras_models.layout import InputLayout, TaskLayout
+from serving.export import export_serving_model
+from transform.preprocessing import vocabulary_name
+from transform.spec import DatasetSpec
+
+KERAS_MODEL_FILE = "model.keras"
+_TARGET_SAMPLE_BATCHES = 50
+
+
+def input_layout_for(spec: DatasetSpec, tft_output) -> InputLayout:
+    """Model inputs from the spec, with vocabulary sizes from the Transform output."""
+    categorical = {
+        f.name: tft_output.vocabulary_size_by_name(vocabulary_name(f.name)) + f.oov_buckets
+        for f in spec.features if f.is_categorical}
+    numeric = tuple(f.name for f in spec.features if not f.is_categorical)
+    return InputLayout(categorical, numeric)
+
+
+def task_layout_for(spec: DatasetSpec) -> TaskLayout:
+    chain = spec.chain
+    return TaskLayout(chain.steps, chain.core_target, chain.target_transform)
+
+
+def make_dataset(file_pattern, data_accessor, tft_output, spec: DatasetSpec, batch_size: int,
+                 seed: int | None = None):
+    """Transformed examples as (features, labels) batches, repeated forever."""
+    options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle_seed=seed)
+    dataset = data_accessor.tf_dataset_factory(
+        file_pattern, options, tft_output.transformed_metadata.schema)
+    labels = spec.label_columns
+    return dataset.map(lambda batch: (
+        {k: v for k, v in batch.items() if k not in labels},
+        {k: batch[k] for k in labels}))
+
+
+def run_fn(fn_args):
+    config = fn_args.custom_config
+    spec = DatasetSpec.from_json(config["spec"])
+    seed = int(config.get("seed", 0))
+    keras.utils.set_random_seed(seed)
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    model = registry.build(config["model"], input_layout_for(spec, tft_output),
+                           task_layout_for(spec), config.get("hparams") or {})
+    batch_size = int(config.get("batch_size", 256))
+    train = make_dataset(fn_args.train_files, fn_args.data_accessor, tft_output, spec,
+                         batch_size, seed)
+    evaluation = make_dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, spec,
+                              batch_size)
+    if spec.chain.core_target:
+        targets = [labels[spec.chain.core_target].numpy()
+                   for _, labels in train.take(_TARGET_SAMPLE_BATCHES)]
+        model.adapt_target(np.concatenate(targets))
+    model.fit(train, steps_per_epoch=fn_args.train_steps, epochs=1,
+              validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2)
+    os.makedirs(fn_args.model_run_dir, exist_ok=True)
+    model.save(os.path.join(fn_args.model_run_dir, KERAS_MODEL_FILE))
+    export_serving_model(model, tft_output, spec, fn_args.serving_model_dir)
