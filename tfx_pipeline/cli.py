@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop at the first bad input row, or set bad rows aside")
     run.add_argument("--rejects", help="where to write rejected rows (with --bad-rows reject)")
     run.add_argument("--beam-args", default="", help="extra Beam pipeline arguments, space-separated")
+    run.add_argument("--schema", help="curated schema.pbtxt to validate against (default: inferred)")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam/TensorFlow logs")
 
     compile_ = commands.add_parser("compile", help="write a Kubeflow Pipelines v2 spec")
@@ -105,7 +106,8 @@ def _config(args, examples_dir: str, spec, pipeline_root: str):
         hparams=parse_hparams(args.hparams), train_steps=args.train_steps,
         eval_steps=args.eval_steps, batch_size=args.batch_size, seed=args.seed,
         min_auc=args.min_auc, beam_args=tuple(getattr(args, "beam_args", "").split()),
-        code_fingerprint=code_fingerprint())
+        code_fingerprint=code_fingerprint(),
+        schema_path=os.path.abspath(args.schema) if getattr(args, "schema", None) else None)
 
 
 def _check_model(name: str):

@@ -39,6 +39,7 @@ class PipelineConfig:
     min_auc: float = 0.5
     beam_args: Sequence[str] = ()
     code_fingerprint: str = ""   # part of custom_config so code changes invalidate the cache
+    schema_path: str | None = None  # a curated schema.pbtxt; None infers one with SchemaGen
 
     @property
     def metadata_path(self) -> str:
@@ -64,8 +65,11 @@ def create_components(config: PipelineConfig) -> list:
     example_gen = tfx.components.ImportExampleGen(
         input_base=config.examples_dir, output_config=_split_config(config.spec))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    if config.schema_path:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+    else:
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])

@@ -132,7 +132,7 @@ def _find_problems(frame: pd.DataFrame, spec: DatasetSpec):
                          lambda r, c=cell(feature.name): f"cannot parse {c(r)!r} as a number")
             problems.add(~empty & ~unparsable & ~np.isfinite(values), feature.name, "non_finite",
                          lambda r, c=cell(feature.name): f"non-finite value {c(r)!r}")
-            typed[feature.name] = values.astype(np.float32)
+            typed[feature.name] = np.where(np.isfinite(values), values, 0.0).astype(np.float32)
 
     chain = spec.chain
     for step in chain.steps:
@@ -164,7 +164,7 @@ def _find_problems(frame: pd.DataFrame, spec: DatasetSpec):
             last = chain.steps[-1]
             problems.add(parsed & (values > 0) & (typed[last] == 0), target, "chain_violation",
                          lambda r, c=cell(target), s=last: f"value {c(r)} is non-zero while the last step {s!r} is 0")
-        typed[target] = np.nan_to_num(values).astype(np.float32)
+        typed[target] = np.where(np.isfinite(values), values, 0.0).astype(np.float32)
     return problems, typed
 
 
@@ -217,7 +217,7 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
     return good, rejects, dict(counts)
 
 
-def _arrow_column(values: np.ndarray) -> pa.Array:
+def arrow_column(values: np.ndarray) -> pa.Array:
     """One value per row, as the list array tf.Example encoding expects."""
     if values.dtype == object:
         flat = pa.array(values, type=pa.large_string()).cast(pa.large_binary())
@@ -237,7 +237,7 @@ def write_examples(columns: Mapping[str, np.ndarray], path: str) -> int:
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
         for start in range(0, count, _CHUNK_ROWS):
             batch = pa.RecordBatch.from_arrays(
-                [_arrow_column(columns[n][start:start + _CHUNK_ROWS]) for n in names], names)
+                [arrow_column(columns[n][start:start + _CHUNK_ROWS]) for n in names], names)
             for record in example_coder.RecordBatchToExamples(batch):
                 writer.write(record)
     return count
