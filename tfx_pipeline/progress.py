@@ -52,6 +52,11 @@ class ComponentProgress(logging.Handler):
 
 def attach(total: int, verbose: bool = False) -> ComponentProgress:
     """Installs the handler on the root logger; quietens TFX/TF/Beam unless verbose."""
+    from absl import logging as absl_logging
+
+    # TFX reports through absl at INFO. Some libraries save and restore absl's
+    # verbosity around their work; setting it explicitly makes the restore land on INFO.
+    absl_logging.set_verbosity(absl_logging.INFO)
     handler = ComponentProgress(total)
     root = logging.getLogger()
     root.addHandler(handler)

@@ -1,0 +1,98 @@
+"""Keras model pieces against NumPy references, the output contract, serialization."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from keras_models import registry
+from keras_models.layers import FieldEmbedding, TargetScaler
+from keras_models.layout import InputLayout, TaskLayout
+
+INPUTS = InputLayout({"a": 5, "b": 7}, ("x",))
+TASKS = TaskLayout(("click", "buy"), "amount")
+
+
+def batch(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    features = {"a": rng.integers(0, 5, n), "b": rng.integers(0, 7, n),
+                "x": rng.normal(size=n).astype("float32")}
+    click = (rng.random(n) < 0.4).astype("float32")
+    buy = click * (rng.random(n) < 0.5)
+    labels = {"click": click, "buy": buy.astype("float32"),
+              "amount": (buy * rng.lognormal(3, 1, n)).astype("float32")}
+    return features, labels
+
+
+def test_field_embedding_matches_per_field_lookup():
+    layer = FieldEmbedding(INPUTS.to_config(), embedding_dim=3)
+    features, _ = batch(8)
+    out = np.asarray(layer(features))
+    table = np.asarray(layer.table)
+    kernel, bias = np.asarray(layer.numeric_kernel), np.asarray(layer.numeric_bias)
+    assert out.shape == (8, 3, 3)
+    np.testing.assert_allclose(out[:, 0], table[features["a"]])
+    np.testing.assert_allclose(out[:, 1], table[5 + features["b"]])  # offset by field a's 5 rows
+    np.testing.assert_allclose(out[:, 2], features["x"][:, None] * kernel[0] + bias[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("transform", ["z_score", "log1p_z_score"])
+def test_target_scaler_against_numpy(transform):
+    values = np.array([0.0, 1.0, 10.0, 100.0], "float32")
+    scaler = TargetScaler(transform)
+    scaler.adapt(values)
+    pre = np.log1p(values) if transform == "log1p_z_score" else values
+    expected = (pre - pre.mean()) / pre.std()
+    np.testing.assert_allclose(np.asarray(scaler(values)), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(scaler.inverse(scaler(values))), values, rtol=1e-4, atol=1e-4)
+    assert float(scaler.inverse(np.array([-50.0], "float32"))[0]) == 0.0  # never negative
+
+
+def test_outputs_follow_the_contract_and_losses_match_numpy():
+    model = registry.build("shared_bottom", INPUTS, TASKS, {"embedding_dim": 4})
+    features, labels = batch()
+    model.adapt_target(labels["amount"])
+    outputs = model(features)
+    assert set(TASKS.output_keys) == {"click_prob", "buy_prob", "amount_pred", "score"}
+    assert set(TASKS.output_keys) <= set(outputs)
+    for key in TASKS.output_keys:
+        assert outputs[key].shape == (64,)
+    np.testing.assert_array_equal(outputs["score"], outputs["amount_pred"])
+    losses = model.task_losses(labels, outputs)
+    p = np.clip(np.asarray(outputs["click_prob"]), 1e-7, 1 - 1e-7)
+    y = labels["click"]
+    np.testing.assert_allclose(float(losses["click"]),
+                               -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), rtol=1e-5)
+    z = np.asarray(model.target_scaler(labels["amount"]))
+    np.testing.assert_allclose(float(losses["amount"]),
+                               np.mean((np.asarray(outputs["amount_scaled"]) - z) ** 2), rtol=1e-5)
+
+
+def test_binary_only_chain_scores_by_last_step():
+    model = registry.build("shared_bottom", INPUTS, TaskLayout(("click", "buy")), {})
+    outputs = model(batch()[0])
+    assert "amount_pred" not in outputs
+    np.testing.assert_array_equal(outputs["score"], outputs["buy_prob"])
+
+
+def test_training_reduces_loss_and_keras_file_round_trips(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = registry.build("shared_bottom", INPUTS, TASKS, {"embedding_dim": 4})
+    features, labels = batch(512)
+    model.adapt_target(labels["amount"])
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(64).repeat()
+    history = model.fit(data, steps_per_epoch=20, epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.get_config()["hparams"] == model.get_config()["hparams"]
+    for key, value in model(features).items():
+        np.testing.assert_allclose(restored(features)[key], value, rtol=1e-6)
+
+
+def test_unknown_model_and_hparams_are_rejected():
+    with pytest.raises(ValueError, match="unknown model 'nope'; choose one of shared_bottom"):
+        registry.build("nope", INPUTS, TASKS)
+    with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['depth'\]"):
+        registry.build("shared_bottom", INPUTS, TASKS, {"depth": 3})
