@@ -12,7 +12,6 @@ import os
 from typing import Mapping
 
 from transform import spec as spec_lib
-from transform.datasets import hillstrom, synthetic
 
 NAMES = ("synthetic", "hillstrom", "csv")
 
@@ -29,6 +28,9 @@ class DatasetSource:
 def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | None = None,
             rows: int | None = None, seed: int = 0) -> DatasetSource:
     """Finds (or, for `synthetic`, writes) the CSV for dataset `name`."""
+    # Imported here so `python -m transform.datasets.synthetic` does not import itself twice.
+    from transform.datasets import hillstrom, synthetic
+
     if name == "synthetic":
         if data:
             raise ValueError("the synthetic dataset is generated; use --rows/--seed instead of --data")
