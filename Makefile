@@ -12,7 +12,7 @@ setup:
 # whole pipeline, then predictions from the pushed SavedModel for a few raw rows.
 demo: setup
 	$(RUN) python -m tfx_pipeline run --dataset synthetic --pipeline-root $(DEMO_ROOT) --serving-dir $(DEMO_SERVING)
-	$(RUN) python -m transform.datasets.synthetic --rows 5 --seed 99 --output $(DEMO_ROOT)/sample_rows.csv
+	$(RUN) python -m transform.datasets.synthetic --rows 5 --sample-seed 99 --output $(DEMO_ROOT)/sample_rows.csv
 	$(RUN) python -m serving.predict --model-dir $(DEMO_SERVING)/shared_bottom --csv $(DEMO_ROOT)/sample_rows.csv
 
 # pytest exits 5 when it collects no tests; that is reported, not hidden.

@@ -107,7 +107,7 @@ def test_second_identical_run_is_fully_cached(synthetic_run):
 def test_served_predictions_match_in_process_model(synthetic_run, tmp_path):
     root, _, _ = synthetic_run
     rows = tmp_path / "rows.csv"
-    synthetic.generate(synthetic.FunnelConfig(rows=50, seed=7)).to_csv(rows, index=False)
+    synthetic.generate(synthetic.FunnelConfig(rows=50, sample_seed=7)).to_csv(rows, index=False)
     served = assert_served_equals_in_process(str(root / "pipeline"),
                                              str(root / "serving" / "shared_bottom"), str(rows))
     assert np.unique(np.round(served["click_prob"], 6)).size > 40

@@ -43,10 +43,16 @@ SPEC = DatasetSpec(
 
 @dataclasses.dataclass(frozen=True)
 class FunnelConfig:
-    """Shape and rates of the generated funnel."""
+    """Shape and rates of the generated funnel.
+
+    `seed` fixes the world: the latent structure and the intercepts that give
+    the requested rates. `sample_seed` (default: `seed`) fixes which impressions
+    are drawn from it, so fresh rows from the same world are one flag away.
+    """
 
     rows: int = 20000
     seed: int = 0
+    sample_seed: int | None = None
     click_rate: float = 0.08        # P(click) over impressions
     conversion_rate: float = 0.15   # P(conversion | click)
     segments: int = 12
@@ -55,63 +61,101 @@ class FunnelConfig:
     max_position: int = 20
 
 
+_CALIBRATION_ROWS = 200_000
+_DEVICES = ("mobile", "desktop", "tablet")
+_DEVICE_SHARE = (0.6, 0.3, 0.1)
+_DEVICE_CLICK = np.array([0.2, 0.0, -0.3])
+_DEVICE_CONVERSION = np.array([-0.3, 0.4, 0.0])
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
 def _solve_intercept(logits: np.ndarray, target_rate: float, weights=None) -> float:
-    """Intercept b with mean(sigmoid(logits + b)) == target_rate (bisection)."""
+    """Intercept b with the (weighted) mean of sigmoid(logits + b) equal to target_rate."""
     low, high = -30.0, 30.0
     for _ in range(60):
         mid = (low + high) / 2
-        rate = np.average(1 / (1 + np.exp(-(logits + mid))), weights=weights)
+        rate = np.average(_sigmoid(logits + mid), weights=weights)
         low, high = (mid, high) if rate < target_rate else (low, mid)
     return (low + high) / 2
 
 
-def generate(config: FunnelConfig = FunnelConfig()) -> pd.DataFrame:
-    """Returns `config.rows` impressions with features and the outcome chain."""
-    rng = np.random.default_rng(config.seed)
-    n = config.rows
-    # Latent structure, fixed by the seed.
-    segment_vectors = rng.normal(0, 1, (config.segments, 4))
-    category_vectors = rng.normal(0, 1, (config.categories, 4))
-    item_category = rng.integers(0, config.categories, config.items)
-    item_quality = rng.normal(0, 0.6, config.items)
-    item_base_price = np.exp(rng.normal(3.2, 0.8, config.items))
-    device_click = {"mobile": 0.2, "desktop": 0.0, "tablet": -0.3}
-    device_conversion = {"mobile": -0.3, "desktop": 0.4, "tablet": 0.0}
+@dataclasses.dataclass(frozen=True)
+class _World:
+    """The latent structure behind every impression of one seed."""
 
-    segment = rng.integers(0, config.segments, n)
+    segment_vectors: np.ndarray   # (segments, 4)
+    category_vectors: np.ndarray  # (categories, 4)
+    item_category: np.ndarray     # (items,)
+    item_quality: np.ndarray      # (items,)
+    item_base_price: np.ndarray   # (items,)
+    click_intercept: float = 0.0
+    conversion_intercept: float = 0.0
+
+
+def _draw(world: _World, config: FunnelConfig, n: int, rng) -> dict:
+    """Features and the two logits (intercepts included) for n impressions."""
+    segment = rng.integers(0, len(world.segment_vectors), n)
     activity = rng.gamma(2.0, 1.5, n)
     item = np.minimum(rng.zipf(1.3, n) - 1, config.items - 1)
-    category = item_category[item]
-    price = item_base_price[item] * np.exp(rng.normal(0, 0.1, n))
-    device = rng.choice(list(device_click), n, p=[0.6, 0.3, 0.1])
+    category = world.item_category[item]
+    price = world.item_base_price[item] * np.exp(rng.normal(0, 0.1, n))
+    device = rng.choice(len(_DEVICES), n, p=_DEVICE_SHARE)
     hour = rng.integers(0, 24, n)
     position = rng.integers(1, config.max_position + 1, n)
-
-    affinity = np.einsum("nd,nd->n", segment_vectors[segment], category_vectors[category]) / 2
+    affinity = np.einsum("nd,nd->n", world.segment_vectors[segment],
+                         world.category_vectors[category]) / 2
     evening = np.cos((hour - 20) / 24 * 2 * np.pi)
-    click_logit = (0.9 * affinity + item_quality[item] - 0.08 * position
-                   + np.vectorize(device_click.get)(device) + 0.3 * evening
+    click_logit = (world.click_intercept + 0.9 * affinity + world.item_quality[item]
+                   - 0.08 * position + _DEVICE_CLICK[device] + 0.3 * evening
                    + 0.3 * np.log1p(activity))
-    click_logit += _solve_intercept(click_logit, config.click_rate)
-    click = rng.random(n) < 1 / (1 + np.exp(-click_logit))
+    conversion_logit = (world.conversion_intercept + 0.7 * affinity - 0.5 * (np.log(price) - 3.2)
+                        + 0.5 * world.item_quality[item] + _DEVICE_CONVERSION[device]
+                        + 0.4 * np.log1p(activity))
+    return dict(segment=segment, activity=activity, item=item, category=category, price=price,
+                device=device, hour=hour, position=position, click_logit=click_logit,
+                conversion_logit=conversion_logit)
 
-    conversion_logit = (0.7 * affinity - 0.5 * (np.log(price) - 3.2) + 0.5 * item_quality[item]
-                        + np.vectorize(device_conversion.get)(device) + 0.4 * np.log1p(activity))
-    conversion_logit += _solve_intercept(conversion_logit, config.conversion_rate, weights=click)
-    conversion = click & (rng.random(n) < 1 / (1 + np.exp(-conversion_logit)))
 
-    quantity = 1 + rng.poisson(0.3 * activity)
-    revenue = np.where(conversion, price * quantity * np.exp(rng.normal(0, 0.3, n)), 0.0)
+def _make_world(config: FunnelConfig) -> _World:
+    rng = np.random.default_rng([config.seed, 0])
+    world = _World(
+        segment_vectors=rng.normal(0, 1, (config.segments, 4)),
+        category_vectors=rng.normal(0, 1, (config.categories, 4)),
+        item_category=rng.integers(0, config.categories, config.items),
+        item_quality=rng.normal(0, 0.6, config.items),
+        item_base_price=np.exp(rng.normal(3.2, 0.8, config.items)))
+    # Intercepts are solved once on a fixed reference sample, so every draw from
+    # this world, of any size, follows the same model.
+    reference = _draw(world, config, _CALIBRATION_ROWS, np.random.default_rng([config.seed, 1]))
+    click_b = _solve_intercept(reference["click_logit"], config.click_rate)
+    conversion_b = _solve_intercept(reference["conversion_logit"], config.conversion_rate,
+                                    weights=_sigmoid(reference["click_logit"] + click_b))
+    return dataclasses.replace(world, click_intercept=click_b, conversion_intercept=conversion_b)
 
+
+def generate(config: FunnelConfig = FunnelConfig()) -> pd.DataFrame:
+    """Returns `config.rows` impressions with features and the outcome chain."""
+    world = _make_world(config)
+    sample_seed = config.seed if config.sample_seed is None else config.sample_seed
+    rng = np.random.default_rng([sample_seed, 2])
+    n = config.rows
+    rows = _draw(world, config, n, rng)
+    click = rng.random(n) < _sigmoid(rows["click_logit"])
+    conversion = click & (rng.random(n) < _sigmoid(rows["conversion_logit"]))
+    quantity = 1 + rng.poisson(0.3 * rows["activity"])
+    revenue = np.where(conversion, rows["price"] * quantity * np.exp(rng.normal(0, 0.3, n)), 0.0)
     return pd.DataFrame({
-        "user_segment": [f"seg_{s:02d}" for s in segment],
-        "user_activity": np.round(activity, 4),
-        "item_id": item,
-        "item_category": [f"cat_{c:02d}" for c in category],
-        "item_price": np.round(price, 2),
-        "device": device,
-        "hour": hour,
-        "position": position,
+        "user_segment": [f"seg_{s:02d}" for s in rows["segment"]],
+        "user_activity": np.round(rows["activity"], 4),
+        "item_id": rows["item"],
+        "item_category": [f"cat_{c:02d}" for c in rows["category"]],
+        "item_price": np.round(rows["price"], 2),
+        "device": np.array(_DEVICES)[rows["device"]],
+        "hour": rows["hour"],
+        "position": rows["position"],
         "click": click.astype(int),
         "conversion": conversion.astype(int),
         "revenue": np.round(revenue, 2),
@@ -126,12 +170,14 @@ def write_csv(path: str, config: FunnelConfig = FunnelConfig()) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the synthetic funnel as CSV.")
     parser.add_argument("--rows", type=int, default=FunnelConfig.rows)
-    parser.add_argument("--seed", type=int, default=FunnelConfig.seed)
+    parser.add_argument("--seed", type=int, default=FunnelConfig.seed, help="fixes the world")
+    parser.add_argument("--sample-seed", type=int, help="fixes which rows are drawn (default: --seed)")
     parser.add_argument("--click-rate", type=float, default=FunnelConfig.click_rate)
     parser.add_argument("--conversion-rate", type=float, default=FunnelConfig.conversion_rate)
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    config = FunnelConfig(rows=args.rows, seed=args.seed, click_rate=args.click_rate,
+    config = FunnelConfig(rows=args.rows, seed=args.seed, sample_seed=args.sample_seed,
+                          click_rate=args.click_rate,
                           conversion_rate=args.conversion_rate)
     write_csv(args.output, config)
     print(f"wrote {args.rows} rows to {args.output}")
