@@ -37,3 +37,21 @@ detect_runtime() {
 requirements_fingerprint() {
   cat "$FUNNEL_REPO/requirements.txt" "$FUNNEL_REPO/constraints.txt" 2>/dev/null | sha256sum | cut -c1-16
 }
+
+# Sets FUNNEL_SHARED_DIRS: host directories visible inside the rootfs at the same
+# paths (/tmp, the repository's parent, FUNNEL_BIND entries, the current directory),
+# and refuses a rootfs placed inside any of them: it would contain itself, mounts
+# would nest without end, and deleting the rootfs could reach the host's files.
+check_rootfs_location() {
+  FUNNEL_SHARED_DIRS=(/tmp "$(dirname "$FUNNEL_REPO")")
+  local extra dir rootfs_real
+  IFS=: read -ra extra <<<"${FUNNEL_BIND:-}"
+  for dir in "${extra[@]}"; do [ -n "$dir" ] && FUNNEL_SHARED_DIRS+=("$(realpath "$dir")"); done
+  case "$PWD/" in "$(dirname "$FUNNEL_REPO")"/*|/tmp/*) ;; *) FUNNEL_SHARED_DIRS+=("$PWD") ;; esac
+  rootfs_real=$(realpath -m "$FUNNEL_ROOTFS")
+  for dir in "${FUNNEL_SHARED_DIRS[@]}"; do
+    case "$rootfs_real/" in
+      "$(realpath -m "$dir")"/*) die "the rootfs ($FUNNEL_ROOTFS) lies inside $dir, which is bound into it; set FUNNEL_HOME or FUNNEL_ROOTFS to a path outside it" ;;
+    esac
+  done
+}

@@ -68,6 +68,7 @@ sync_ca_certificates() {
 
 setup_rootfs() {
   [ "$(id -u)" = 0 ] || die "the Debian 13 root filesystem runtime needs root (chroot, mount)"
+  check_rootfs_location
   mkdir -p "$FUNNEL_HOME"
   bootstrap_rootfs
   sync_ca_certificates
