@@ -6,9 +6,13 @@ core-target prediction on the scaled training scale. This class turns heads
 into the output contract (see `layout`), owns the losses and the training step,
 and tracks one loss per task.
 
-Losses (entire impression space, every row counts for every task):
-  binary step s:  mean BCE(y_s, p_s)
-  core target:    mean (z_hat - scale(y))^2
+Objectives for the binary steps (`objective`; MODELS.md §B.1):
+  entire_space        mean BCE(y_s, m_s) over all rows, m_s the marginal (default)
+  masked_conditional  BCE(y_s, c_s) over the rows where step s-1 happened, c_s the
+                      conditional rate (needs a model that predicts conditionals)
+  constrained         entire_space plus a penalty
+                      lambda * mean(sum_s max(m_s - m_{s-1}, 0)), reported as "constraint"
+The core target always has mean (z_hat - scale(y))^2 over all rows.
 """
 
 from __future__ import annotations
@@ -20,11 +24,39 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_models.gradients import GradientConfig, GradientHandler
 from keras_models.layers import PACKAGE, FieldEmbedding, TargetScaler
-from keras_models.layout import (SCORE_KEY, InputLayout, TaskLayout, pred_key, prob_key,
-                                 scaled_key)
+from keras_models.layout import (SCORE_KEY, InputLayout, TaskLayout, conditional_key, pred_key,
+                                 prob_key, scaled_key)
 
 _EPSILON = 1e-7
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonHParams:
+    """Hyper-parameters every model has; model classes extend this dataclass.
+
+    The gradient_* fields select how per-task gradients on the shared embeddings
+    are combined (see keras_models.gradients).
+    """
+
+    embedding_dim: int = 16
+    learning_rate: float = 1e-3
+    gradient_rule: str = "none"
+    gradient_gamma: float = 0.1
+    gradient_cap: float = 10.0
+    projection_strength: float = 1.0
+    norm_timing: str = "after_projection"
+    ratio_clip: str = "upper"
+
+    @classmethod
+    def from_dict(cls, values):
+        return hparams_from_dict(cls, values)
+
+    def gradient_config(self) -> GradientConfig:
+        return GradientConfig(rule=self.gradient_rule, gamma=self.gradient_gamma,
+                              cap=self.gradient_cap, projection_strength=self.projection_strength,
+                              norm_timing=self.norm_timing, ratio_clip=self.ratio_clip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +65,20 @@ class Heads:
 
     probs: step -> (batch,) marginal probability on the impression space.
     core_scaled: (batch,) core-target prediction on the scaled scale, or None.
+    conditionals: step -> (batch,) P(step | previous step), for models that
+      factorise the chain; None otherwise.
     """
 
     probs: Mapping[str, object]
     core_scaled: object = None
+    conditionals: Mapping[str, object] | None = None
 
 
 class MultiTaskModel(keras.Model):
     """Base model: contract outputs, per-task losses, the training step."""
 
     hparams_class = None  # set by subclasses to their typed hyper-parameter dataclass
+    OBJECTIVES = ("entire_space", "masked_conditional", "constrained")
 
     def __init__(self, input_layout, task_layout, hparams=None, **kwargs):
         super().__init__(**kwargs)
@@ -54,8 +90,15 @@ class MultiTaskModel(keras.Model):
         self.embedding = FieldEmbedding(self.input_layout.to_config(), self.hparams.embedding_dim,
                                         name="field_embedding")
         tasks = self.task_layout
+        self.objective = getattr(self.hparams, "objective", "entire_space")
+        self.constraint_weight = getattr(self.hparams, "constraint_weight", 0.0)
+        if self.objective not in self.OBJECTIVES:
+            raise ValueError(f"objective must be one of {self.OBJECTIVES}, got {self.objective!r}")
         self.target_scaler = (TargetScaler(tasks.target_transform, name="target_scaler")
                               if tasks.core_target else None)
+        self.gradient_handler = GradientHandler(self.hparams.gradient_config(),
+                                                num_tasks=len(tasks.label_names),
+                                                name="gradient_handler")
         self.loss_trackers = {label: keras.metrics.Mean(name=f"{label}_loss")
                               for label in tasks.label_names}
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
@@ -69,6 +112,8 @@ class MultiTaskModel(keras.Model):
         heads = self.compute_heads(inputs, training=training)
         tasks = self.task_layout
         outputs = {prob_key(step): heads.probs[step] for step in tasks.steps}
+        if heads.conditionals is not None:
+            outputs.update({conditional_key(s): heads.conditionals[s] for s in tasks.steps})
         if tasks.core_target:
             outputs[scaled_key(tasks.core_target)] = heads.core_scaled
             outputs[pred_key(tasks.core_target)] = self.target_scaler.inverse(heads.core_scaled)
@@ -84,12 +129,27 @@ class MultiTaskModel(keras.Model):
 
     # -- losses and training ---------------------------------------------------
     def task_losses(self, labels, outputs) -> dict:
-        """Per-task scalar losses, keyed by label name."""
+        """Per-task scalar losses keyed by label name, plus "constraint" when constrained."""
         losses = {}
-        for step in self.task_layout.steps:
+        steps = self.task_layout.steps
+        for i, step in enumerate(steps):
             y = ops.cast(ops.reshape(labels[step], (-1,)), "float32")
-            p = ops.clip(outputs[prob_key(step)], _EPSILON, 1 - _EPSILON)
-            losses[step] = -ops.mean(y * ops.log(p) + (1 - y) * ops.log(1 - p))
+            if self.objective == "masked_conditional":
+                if conditional_key(step) not in outputs:
+                    raise ValueError(f"{type(self).__name__} predicts no conditional rates; "
+                                     "objective masked_conditional needs them")
+                per_row = _binary_cross_entropy(y, outputs[conditional_key(step)])
+                if i == 0:
+                    losses[step] = ops.mean(per_row)
+                else:
+                    mask = ops.cast(ops.reshape(labels[steps[i - 1]], (-1,)), "float32")
+                    losses[step] = ops.sum(mask * per_row) / ops.maximum(ops.sum(mask), 1.0)
+            else:
+                losses[step] = ops.mean(_binary_cross_entropy(y, outputs[prob_key(step)]))
+        if self.objective == "constrained" and len(steps) > 1:
+            excess = [ops.relu(outputs[prob_key(b)] - outputs[prob_key(a)])
+                      for a, b in zip(steps, steps[1:])]
+            losses["constraint"] = self.constraint_weight * ops.mean(ops.sum(ops.stack(excess), 0))
         target = self.task_layout.core_target
         if target:
             z = self.target_scaler(ops.reshape(labels[target], (-1,)))
@@ -98,17 +158,35 @@ class MultiTaskModel(keras.Model):
 
     def _record(self, losses, total):
         for name, value in losses.items():
-            self.loss_trackers[name].update_state(value)
+            if name in self.loss_trackers:
+                self.loss_trackers[name].update_state(value)
         self.total_loss_tracker.update_state(total)
         return {m.name: m.result() for m in self.metrics}
 
     def compute_gradients(self, tape, losses, total):
         """Gradients of the training objective for `self.trainable_variables`.
 
-        The plain rule: the gradient of the summed loss. Models and gradient
-        handlers that treat shared variables differently override this.
+        With gradient_rule "none": the gradient of the summed loss. Otherwise the
+        shared variables get the rule's combination of per-task gradients (one
+        extra backward pass per task, restricted to the shared variables), and
+        every other variable gets the plain gradient of the summed loss. Loss
+        terms that are not tasks (penalties) add their gradient unchanged.
         """
-        return tape.gradient(total, self.trainable_variables)
+        if self.hparams.gradient_rule == "none":
+            return tape.gradient(total, self.trainable_variables)
+        shared = list(self.shared_variables)
+        shared_ids = {id(v) for v in shared}
+        others = [v for v in self.trainable_variables if id(v) not in shared_ids]
+        by_variable = dict(zip(map(id, others), tape.gradient(total, others)))
+        tasks = self.task_layout.label_names
+        per_task = [tape.gradient(losses[name], shared) for name in tasks]
+        combined = self.gradient_handler.combine(per_task, shared)
+        extra = [losses[name] for name in losses if name not in tasks]
+        if extra:
+            penalties = tape.gradient(ops.sum(ops.stack(extra)), shared)
+            combined = [_add_gradients(a, b) for a, b in zip(combined, penalties)]
+        by_variable.update(zip(map(id, shared), combined))
+        return [by_variable[id(v)] for v in self.trainable_variables]
 
     def train_step(self, data):
         features, labels = data[0], data[1]
@@ -133,6 +211,10 @@ class MultiTaskModel(keras.Model):
     def metrics(self):
         return [self.total_loss_tracker, *self.loss_trackers.values()]
 
+    def training_callbacks(self) -> list:
+        """Callbacks the model needs during fit (for example a temperature schedule)."""
+        return []
+
     def adapt_target(self, values) -> None:
         """Sets the core-target scaling from training labels (numpy, shape (n,))."""
         if self.target_scaler is not None:
@@ -142,6 +224,21 @@ class MultiTaskModel(keras.Model):
         return {**super().get_config(), "input_layout": self.input_layout.to_config(),
                 "task_layout": self.task_layout.to_config(),
                 "hparams": dataclasses.asdict(self.hparams)}
+
+
+def _binary_cross_entropy(y, p):
+    p = ops.clip(p, _EPSILON, 1 - _EPSILON)
+    return -(y * ops.log(p) + (1 - y) * ops.log(1 - p))
+
+
+def _add_gradients(a, b):
+    if b is None:
+        return a
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([a.values, b.values], 0),
+                                tf.concat([tf.cast(a.indices, tf.int64), tf.cast(b.indices, tf.int64)], 0),
+                                a.dense_shape)
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
 def hparams_from_dict(cls, values: Mapping):
@@ -155,4 +252,4 @@ def hparams_from_dict(cls, values: Mapping):
     return cls(**converted)
 
 
-__all__ = ["Heads", "MultiTaskModel", "hparams_from_dict", "PACKAGE"]
+__all__ = ["CommonHParams", "Heads", "MultiTaskModel", "hparams_from_dict", "PACKAGE"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -41,11 +43,6 @@ class FieldEmbedding(keras.layers.Layer):
             self.numeric_bias = self.add_weight(
                 name="numeric_bias", shape=(n_numeric, embedding_dim), initializer="zeros")
 
-    @property
-    def shared_variables(self):
-        """The tables every task's gradient reaches (for gradient handling)."""
-        return [w for w in self.trainable_weights]
-
     def call(self, inputs):
         parts = []
         if self.table is not None:
@@ -83,6 +80,32 @@ class MLP(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": list(self.units), "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TaskAttention(keras.layers.Layer):
+    """Attention over a few task vectors: AITM's AIT module and HTLNet's IFU.
+
+    For inputs u_1..u_n, each (batch, D): v_j = W1 u_j, k_j = W2 u_j, q_j = W3 u_j,
+    alpha_j = softmax_j(<k_j, q_j> / sqrt(dim)), output sum_j alpha_j v_j (batch, dim).
+    With one input the weight is 1 and the output is W1 u_1.
+    """
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.value = keras.layers.Dense(dim, name="value")
+        self.key = keras.layers.Dense(dim, name="key")
+        self.query = keras.layers.Dense(dim, name="query")
+
+    def call(self, vectors):
+        u = ops.stack(vectors, axis=1)                                   # (B, n, D)
+        v, k, q = self.value(u), self.key(u), self.query(u)              # (B, n, dim)
+        weights = ops.softmax(ops.sum(k * q, axis=-1) / math.sqrt(self.dim), axis=1)  # (B, n)
+        return ops.sum(weights[..., None] * v, axis=1)                  # (B, dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -25,6 +25,11 @@ def pred_key(target: str) -> str:
     return f"{target}_pred"
 
 
+def conditional_key(step: str) -> str:
+    """Training-only output: P(step | previous step) for models that factorise the chain."""
+    return f"{step}_conditional"
+
+
 def scaled_key(target: str) -> str:
     """Training-only output: the core prediction on the scaled (training) scale."""
     return f"{target}_scaled"

@@ -6,11 +6,23 @@ from typing import Mapping
 
 import keras
 
+from keras_models.aitm import AITM
+from keras_models.apem import APEM
+from keras_models.esmm import ESMM
+from keras_models.htlnet import HTLNet
 from keras_models.layout import InputLayout, TaskLayout
+from keras_models.mmoe import MMoE
+from keras_models.ple import PLE
 from keras_models.shared_bottom import SharedBottom
 
 MODELS = {
+    "apem": APEM,
+    "htlnet": HTLNet,
     "shared_bottom": SharedBottom,
+    "mmoe": MMoE,
+    "ple": PLE,
+    "esmm": ESMM,
+    "aitm": AITM,
 }
 
 

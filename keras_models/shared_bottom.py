@@ -7,21 +7,15 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_models.base import PACKAGE, Heads, MultiTaskModel, hparams_from_dict
+from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel
 from keras_models.layers import MLP
 
 
 @dataclasses.dataclass(frozen=True)
-class SharedBottomHParams:
-    embedding_dim: int = 16
+class SharedBottomHParams(CommonHParams):
     bottom_units: tuple[int, ...] = (128, 64)
     tower_units: tuple[int, ...] = (32,)
     dropout: float = 0.0
-    learning_rate: float = 1e-3
-
-    @classmethod
-    def from_dict(cls, values):
-        return hparams_from_dict(cls, values)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -92,7 +92,13 @@ def test_training_reduces_loss_and_keras_file_round_trips(tmp_path):
 
 
 def test_unknown_model_and_hparams_are_rejected():
-    with pytest.raises(ValueError, match="unknown model 'nope'; choose one of shared_bottom"):
+    with pytest.raises(ValueError, match="unknown model 'nope'; choose one of aitm, apem, esmm, htlnet, mmoe, ple, shared_bottom"):
         registry.build("nope", INPUTS, TASKS)
     with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['depth'\]"):
         registry.build("shared_bottom", INPUTS, TASKS, {"depth": 3})
+
+
+def test_cli_lists_every_registered_model():
+    from tfx_pipeline.cli import MODEL_NAMES
+
+    assert sorted(MODEL_NAMES) == sorted(registry.MODELS)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-MODEL_NAMES = ("shared_bottom",)
+MODEL_NAMES = ("apem", "htlnet", "shared_bottom", "mmoe", "ple", "esmm", "aitm")
 DEFAULT_IMAGE = "funnelstack:latest"
 
 

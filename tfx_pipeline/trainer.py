@@ -71,7 +71,8 @@ def run_fn(fn_args):
                    for _, labels in train.take(_TARGET_SAMPLE_BATCHES)]
         model.adapt_target(np.concatenate(targets))
     model.fit(train, steps_per_epoch=fn_args.train_steps, epochs=1,
-              validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2)
+              validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
+              callbacks=model.training_callbacks())
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     model.save(os.path.join(fn_args.model_run_dir, KERAS_MODEL_FILE))
     export_serving_model(model, tft_output, spec, fn_args.serving_model_dir)
