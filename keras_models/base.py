@@ -21,6 +21,7 @@ import dataclasses
 from typing import Mapping
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -190,13 +191,19 @@ class MultiTaskModel(keras.Model):
 
     def train_step(self, data):
         features, labels = data[0], data[1]
+        # Under a tf.distribute strategy each replica sees a slice of the global
+        # batch and the replicas' gradients are summed, so losses are divided by
+        # the replica count (as Keras' own compute_loss does).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape(persistent=True) as tape:
             outputs = self(features, training=True)
             losses = self.task_losses(labels, outputs)
             total = ops.sum(ops.stack(list(losses.values())))
             if self.losses:
                 total = total + ops.sum(ops.stack(self.losses))
-        gradients = self.compute_gradients(tape, losses, total)
+            scaled = {name: value / replicas for name, value in losses.items()}
+            scaled_total = total / replicas
+        gradients = self.compute_gradients(tape, scaled, scaled_total)
         del tape
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._record(losses, total)
@@ -210,6 +217,17 @@ class MultiTaskModel(keras.Model):
     @property
     def metrics(self):
         return [self.total_loss_tracker, *self.loss_trackers.values()]
+
+    def build_variables(self) -> None:
+        """Creates every variable by calling the model on a 2-row dummy batch.
+
+        Sub-layers create variables lazily on first call; under a tf.distribute
+        strategy that first call would happen inside each replica. Building here,
+        in the caller's strategy scope, creates them once, mirrored.
+        """
+        dummy = {name: np.zeros((2,), "int64") for name in self.input_layout.categorical}
+        dummy.update({name: np.zeros((2,), "float32") for name in self.input_layout.numeric})
+        self(dummy, training=False)
 
     def training_callbacks(self) -> list:
         """Callbacks the model needs during fit (for example a temperature schedule)."""

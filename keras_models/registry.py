@@ -35,7 +35,11 @@ def model_class(name: str):
 
 def build(name: str, input_layout: InputLayout, task_layout: TaskLayout,
           hparams: Mapping | None = None) -> keras.Model:
-    """Builds and compiles model `name` (Adam at the model's learning rate)."""
+    """Builds, creates the variables of, and compiles model `name` (Adam at its learning rate).
+
+    Call it inside `strategy.scope()` to train under a tf.distribute strategy.
+    """
     model = model_class(name)(input_layout, task_layout, dict(hparams or {}))
+    model.build_variables()
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=model.hparams.learning_rate))
     return model

@@ -1,9 +1,16 @@
 import os
 
 import pytest
+import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_HILLSTROM = os.path.join(REPO, "..", "shared", "datasets", "hillstrom", "hillstrom.csv.gz")
+
+# Two logical CPU devices, so tests can train under MirroredStrategy. This must
+# happen before TensorFlow initialises its runtime, hence here, at collection.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 
 @pytest.fixture(scope="session")

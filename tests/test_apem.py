@@ -1,0 +1,115 @@
+"""APEM: shapes, SE gates, selector weights, field groups and the three objectives."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_models import registry
+from keras_models.apem import resolve_groups
+from keras_models.layout import InputLayout, TaskLayout
+
+INPUTS = InputLayout({"a": 20, "b": 10, "c": 5}, ("x", "y"))
+TASKS = TaskLayout(("click", "buy"), "amount")
+B, F, D = 32, 5, 8
+
+
+def batch(seed=0):
+    rng = np.random.default_rng(seed)
+    features = {"a": rng.integers(0, 20, B), "b": rng.integers(0, 10, B), "c": rng.integers(0, 5, B),
+                "x": rng.normal(size=B).astype("float32"), "y": rng.normal(size=B).astype("float32")}
+    click = (rng.random(B) < 0.5).astype("float32")
+    labels = {"click": click, "buy": click * (rng.random(B) < 0.5),
+              "amount": (click * rng.lognormal(2, 1, B)).astype("float32")}
+    return features, labels
+
+
+def build(**hparams):
+    return registry.build("apem", INPUTS, TASKS, {"embedding_dim": D, **hparams})
+
+
+def test_shapes_gates_and_selector_weights():
+    model = build(num_layers=2)
+    features, _ = batch()
+    patterns, gates = model.patterns(features)
+    assert patterns.shape == (B, F, D) and gates.shape == (B, F)
+    assert np.all((gates.numpy() > 0) & (gates.numpy() < 1))
+    weights, _ = model.selector.weights_and_values(patterns)
+    assert weights.shape == (B, 3, 2, F)                          # tasks x heads x fields
+    np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, rtol=1e-5)
+    selections = model.selector(patterns)
+    assert [s.shape for s in selections] == [(B, D + F * D)] * 3  # selection + flattened P
+
+
+def test_marginals_are_products_of_conditionals():
+    model = build()
+    out = model(batch()[0])
+    np.testing.assert_allclose(out["buy_prob"], out["click_conditional"] * out["buy_conditional"],
+                               rtol=1e-6)
+    assert np.all(out["buy_prob"].numpy() <= out["click_prob"].numpy())
+
+
+def test_gate_selector_and_switches():
+    model = build(selector="gate", adaptive_indicators=False, selector_skip=False, layer_norm=False,
+                  share_inducing_points=True, cross_group=True)
+    patterns, _ = model.patterns(batch()[0])
+    weights, _ = model.selector.weights_and_values(patterns)
+    assert weights.shape == (B, 3, F)
+    assert np.all((weights.numpy() > 0) & (weights.numpy() < 1))
+    assert [s.shape for s in model.selector(patterns)] == [(B, F * D)] * 3
+    shared = [v for v in model.trainable_variables if "shared_inducing_points" in v.path]
+    assert len(shared) == 1
+
+
+def test_adaptive_indicators_depend_on_the_sample():
+    model = build()
+    patterns, _ = model.patterns(batch()[0])
+    weights = model.selector.weights_and_values(patterns)[0].numpy()
+    assert not np.allclose(weights[0], weights[1])
+
+
+def test_field_groups():
+    names = INPUTS.field_names
+    assert resolve_groups(names, 2, ()) == [[0, 1, 2], [3, 4]]
+    assert resolve_groups(names, 2, [["x", "a"], ["b", "c", "y"]]) == [[3, 0], [1, 2, 4]]
+    with pytest.raises(ValueError, match=r"field_groups names unknown field\(s\) \['zip'\]"):
+        resolve_groups(names, 2, [["zip"]])
+    with pytest.raises(ValueError, match="must name every field exactly once"):
+        resolve_groups(names, 2, [["a", "b"]])
+    grouped = build(field_groups=[["x", "a"], ["b", "c", "y"]])
+    assert grouped(batch()[0])["score"].shape == (B,)
+
+
+def bce(y, p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def test_masked_conditional_objective():
+    model = build(objective="masked_conditional")
+    features, labels = batch()
+    out = model(features)
+    losses = model.task_losses(labels, out)
+    click = labels["click"]
+    expected_buy = (click * bce(labels["buy"], out["buy_conditional"].numpy())).sum() / click.sum()
+    np.testing.assert_allclose(float(losses["buy"]), expected_buy, rtol=1e-5)
+    np.testing.assert_allclose(float(losses["click"]),
+                               bce(click, out["click_conditional"].numpy()).mean(), rtol=1e-5)
+
+
+def test_constrained_objective_predicts_marginals_and_penalises_inversions():
+    model = build(objective="constrained", constraint_weight=0.5)
+    features, labels = batch()
+    out = model(features)
+    assert "buy_conditional" not in out
+    losses = model.task_losses(labels, out)
+    excess = np.maximum(out["buy_prob"].numpy() - out["click_prob"].numpy(), 0)
+    np.testing.assert_allclose(float(losses["constraint"]), 0.5 * excess.mean(), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(float(losses["buy"]), bce(labels["buy"], out["buy_prob"].numpy()).mean(),
+                               rtol=1e-5)
+
+
+def test_unknown_objective_and_selector():
+    with pytest.raises(ValueError, match="objective must be one of"):
+        build(objective="magic")
+    with pytest.raises(ValueError, match="selector must be one of"):
+        build(selector="magic")
