@@ -286,11 +286,11 @@ class APEM(MultiTaskModel):
         self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
 
     def patterns(self, inputs):
-        """P (B, F, d) and the last SE gates (B, F)."""
+        """P (B, F, d) and the last SE gates (B, F), from raw model inputs."""
         return self.transformer(self.embedding(inputs), return_gates=True)
 
-    def compute_heads(self, inputs, training=False) -> Heads:
-        patterns, _ = self.patterns(inputs)
+    def compute_heads(self, fields, training=False) -> Heads:
+        patterns = self.transformer(fields)
         selections = self.selector(patterns)
         logits = [ops.squeeze(head(tower(r, training=training)), -1)
                   for r, tower, head in zip(selections, self.towers, self.heads)]

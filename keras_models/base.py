@@ -2,9 +2,10 @@
 
 Subclasses build their layers and implement `compute_heads`, which returns the
 marginal probability of each binary step and, where the chain has one, the
-core-target prediction on the scaled training scale. This class turns heads
-into the output contract (see `layout`), owns the losses and the training step,
-and tracks one loss per task.
+core-target prediction on the scaled training scale. The base class embeds
+the inputs (FieldEmbedding, shared by every task) and hands the embedded fields
+(batch, F, d) to `compute_heads`; it turns heads into the output contract (see
+`layout`), owns the losses and the training step, and tracks one loss per task.
 
 Objectives for the binary steps (`objective`; MODELS.md §B.1):
   entire_space        mean BCE(y_s, m_s) over all rows, m_s the marginal (default)
@@ -105,12 +106,15 @@ class MultiTaskModel(keras.Model):
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
 
     # -- to be implemented by subclasses ---------------------------------------
-    def compute_heads(self, inputs, training=False) -> Heads:
+    def compute_heads(self, fields, training=False) -> Heads:
+        """fields: (batch, F, d) embedded inputs -> Heads."""
         raise NotImplementedError
 
     # -- outputs ---------------------------------------------------------------
     def call(self, inputs, training=False):
-        heads = self.compute_heads(inputs, training=training)
+        return self._outputs(self.compute_heads(self.embedding(inputs), training=training))
+
+    def _outputs(self, heads: Heads) -> dict:
         tasks = self.task_layout
         outputs = {prob_key(step): heads.probs[step] for step in tasks.steps}
         if heads.conditionals is not None:
@@ -164,31 +168,6 @@ class MultiTaskModel(keras.Model):
         self.total_loss_tracker.update_state(total)
         return {m.name: m.result() for m in self.metrics}
 
-    def compute_gradients(self, tape, losses, total):
-        """Gradients of the training objective for `self.trainable_variables`.
-
-        With gradient_rule "none": the gradient of the summed loss. Otherwise the
-        shared variables get the rule's combination of per-task gradients (one
-        extra backward pass per task, restricted to the shared variables), and
-        every other variable gets the plain gradient of the summed loss. Loss
-        terms that are not tasks (penalties) add their gradient unchanged.
-        """
-        if self.hparams.gradient_rule == "none":
-            return tape.gradient(total, self.trainable_variables)
-        shared = list(self.shared_variables)
-        shared_ids = {id(v) for v in shared}
-        others = [v for v in self.trainable_variables if id(v) not in shared_ids]
-        by_variable = dict(zip(map(id, others), tape.gradient(total, others)))
-        tasks = self.task_layout.label_names
-        per_task = [tape.gradient(losses[name], shared) for name in tasks]
-        combined = self.gradient_handler.combine(per_task, shared)
-        extra = [losses[name] for name in losses if name not in tasks]
-        if extra:
-            penalties = tape.gradient(ops.sum(ops.stack(extra)), shared)
-            combined = [_add_gradients(a, b) for a, b in zip(combined, penalties)]
-        by_variable.update(zip(map(id, shared), combined))
-        return [by_variable[id(v)] for v in self.trainable_variables]
-
     def train_step(self, data):
         features, labels = data[0], data[1]
         # Under a tf.distribute strategy each replica sees a slice of the global
@@ -196,17 +175,60 @@ class MultiTaskModel(keras.Model):
         # the replica count (as Keras' own compute_loss does).
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape(persistent=True) as tape:
-            outputs = self(features, training=True)
+            fields = self.embedding(features)                              # (B, F, d)
+            outputs = self._outputs(self.compute_heads(fields, training=True))
             losses = self.task_losses(labels, outputs)
             total = ops.sum(ops.stack(list(losses.values())))
             if self.losses:
                 total = total + ops.sum(ops.stack(self.losses))
             scaled = {name: value / replicas for name, value in losses.items()}
             scaled_total = total / replicas
-        gradients = self.compute_gradients(tape, scaled, scaled_total)
+        gradients = self.compute_gradients(tape, fields, scaled, scaled_total)
         del tape
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._record(losses, total)
+
+    def compute_gradients(self, tape, fields, losses, total):
+        """Gradients for `self.trainable_variables` under the model's gradient rule.
+
+        Rule "none": the gradient of the summed loss, one backward pass.
+
+        Any other rule: one backward pass per loss term to the embedded fields
+        (B, F, d) and the non-shared variables (the towers are task-specific, so
+        these passes together cost about one full backward pass); the non-shared
+        variables get the sum over terms, i.e. the gradient of the summed loss.
+        Each task's gradient of the shared embedding variables then comes from a
+        cheap backward pass through the embedding layer alone, and the rule
+        combines them. Terms that are not tasks (penalties) pass unadjusted.
+        """
+        if self.hparams.gradient_rule == "none":
+            return tape.gradient(total, self.trainable_variables)
+        shared = list(self.shared_variables)
+        shared_ids = {id(v) for v in shared}
+        others = [v for v in self.trainable_variables if id(v) not in shared_ids]
+        tasks = self.task_layout.label_names
+        terms = list(tasks) + [name for name in losses if name not in tasks]
+        summed = [None] * len(others)
+        field_grads = {}
+        for name in terms:
+            grads = tape.gradient(losses[name], [fields] + others)
+            field_grads[name] = grads[0]
+            summed = [_add_gradients(g, s) for g, s in zip(grads[1:], summed)]
+        if self.losses:  # regularisation terms: plain gradient everywhere
+            extra = tape.gradient(ops.sum(ops.stack(self.losses)), others)
+            summed = [_add_gradients(g, e) for g, e in zip(summed, extra)]
+
+        def shared_gradient(name):
+            if field_grads[name] is None:
+                return [None] * len(shared)
+            return tape.gradient(fields, shared, output_gradients=field_grads[name])
+
+        combined = self.gradient_handler.combine([shared_gradient(t) for t in tasks], shared)
+        for name in terms[len(tasks):]:
+            combined = [_add_gradients(c, g) for c, g in zip(combined, shared_gradient(name))]
+        by_variable = dict(zip(map(id, others), summed))
+        by_variable.update(zip(map(id, shared), combined))
+        return [by_variable[id(v)] for v in self.trainable_variables]
 
     def test_step(self, data):
         features, labels = data[0], data[1]
@@ -218,13 +240,15 @@ class MultiTaskModel(keras.Model):
     def metrics(self):
         return [self.total_loss_tracker, *self.loss_trackers.values()]
 
-    def build_variables(self) -> None:
+    def build(self, input_shape=None):
         """Creates every variable by calling the model on a 2-row dummy batch.
 
         Sub-layers create variables lazily on first call; under a tf.distribute
         strategy that first call would happen inside each replica. Building here,
-        in the caller's strategy scope, creates them once, mirrored.
+        in the caller's strategy scope, creates them once, mirrored. The input
+        layout fixes all shapes, so `input_shape` is not needed.
         """
+        self.built = True  # set first: the dummy call below must not re-enter build
         dummy = {name: np.zeros((2,), "int64") for name in self.input_layout.categorical}
         dummy.update({name: np.zeros((2,), "float32") for name in self.input_layout.numeric})
         self(dummy, training=False)
@@ -250,6 +274,9 @@ def _binary_cross_entropy(y, p):
 
 
 def _add_gradients(a, b):
+    """a + b for gradients that may be None, dense, or IndexedSlices."""
+    if a is None:
+        return b
     if b is None:
         return a
     if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):

@@ -35,8 +35,7 @@ class ESMM(MultiTaskModel):
                        for l in labels]
         self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
 
-    def compute_heads(self, inputs, training=False) -> Heads:
-        fields = self.embedding(inputs)
+    def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
         logits = [ops.squeeze(head(tower(e, training=training)), -1)
                   for tower, head in zip(self.towers, self.heads)]

@@ -130,8 +130,7 @@ class HTLNet(MultiTaskModel):
         self.label_fusion = [TaskAttention(fusion_dim, name=f"ifu_le_{l}")
                              for l in labels[1:]]
 
-    def compute_heads(self, inputs, training=False) -> Heads:
-        fields = self.embedding(inputs)                                   # (B, F, d)
+    def compute_heads(self, fields, training=False) -> Heads:
         shared = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
         steps = self.task_layout.steps
         representations, label_embeddings, probs = [], [], {}

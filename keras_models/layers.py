@@ -99,6 +99,8 @@ class TaskAttention(keras.layers.Layer):
         self.query = keras.layers.Dense(dim, name="query")
 
     def call(self, vectors):
+        if len(vectors) == 1:  # the softmax weight of a single input is 1
+            return self.value(vectors[0])
         u = ops.stack(vectors, axis=1)                                   # (B, n, D)
         v, k, q = self.value(u), self.key(u), self.query(u)              # (B, n, dim)
         weights = ops.softmax(ops.sum(k * q, axis=-1) / math.sqrt(self.dim), axis=1)  # (B, n)

@@ -43,8 +43,7 @@ class MMoE(MultiTaskModel):
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{l}") for l in labels]
         self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
 
-    def compute_heads(self, inputs, training=False) -> Heads:
-        fields = self.embedding(inputs)
+    def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
         experts = ops.stack([expert(e, training=training) for expert in self.experts], axis=1)
         logits = []

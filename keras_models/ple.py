@@ -56,8 +56,7 @@ class PLE(MultiTaskModel):
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{l}") for l in labels]
         self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
 
-    def compute_heads(self, inputs, training=False) -> Heads:
-        fields = self.embedding(inputs)
+    def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
         task_inputs = [e] * len(self.task_layout.label_names)
         shared_input = e

@@ -40,6 +40,6 @@ def build(name: str, input_layout: InputLayout, task_layout: TaskLayout,
     Call it inside `strategy.scope()` to train under a tf.distribute strategy.
     """
     model = model_class(name)(input_layout, task_layout, dict(hparams or {}))
-    model.build_variables()
+    model.build()
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=model.hparams.learning_rate))
     return model

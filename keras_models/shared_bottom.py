@@ -35,8 +35,7 @@ class SharedBottom(MultiTaskModel):
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{label}") for label in labels]
         self.heads = [keras.layers.Dense(1, name=f"head_{label}") for label in labels]
 
-    def compute_heads(self, inputs, training=False) -> Heads:
-        fields = self.embedding(inputs)                                    # (B, F, d)
+    def compute_heads(self, fields, training=False) -> Heads:
         shared = self.bottom(ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2])),
                              training=training)                            # (B, h)
         logits = [ops.squeeze(head(tower(shared, training=training)), -1)  # (B,) each

@@ -51,7 +51,7 @@ def test_later_losses_do_not_reach_earlier_towers_and_heads(model):
 
 def test_later_losses_train_the_label_tables_and_fusion_units_they_consume(model):
     # With one earlier task the IFU's softmax weight is identically 1, so only its value
-    # projection is consumed (key and query get exactly zero gradient, correctly).
+    # projection is used.
     consumed = {
         "buy": [model.label_units[0].table] + variables_of(model.representation_fusion[0].value,
                                                            model.label_fusion[0].value),
