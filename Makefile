@@ -3,7 +3,10 @@ RUN := scripts/run
 DEMO_ROOT ?= pipelines/demo
 DEMO_SERVING ?= serving_models
 
-.PHONY: setup demo test test-fast compile-kubeflow clean
+HILLSTROM_CSV ?= ../shared/datasets/hillstrom/hillstrom.csv.gz
+export HILLSTROM_CSV
+
+.PHONY: setup demo test test-fast compare bench compile-kubeflow clean
 
 setup:
 	scripts/setup.sh
@@ -22,6 +25,13 @@ test: setup
 
 test-fast: setup
 	$(RUN) python -m pytest -m "not e2e"
+
+# Every model on the synthetic funnel and on Hillstrom, 3 seeds each -> docs/results.md.
+compare: setup
+	$(RUN) python -m tfx_pipeline.compare --seeds 3 --output docs/results.md
+
+bench: setup
+	$(RUN) python benchmarks/train_throughput.py
 
 compile-kubeflow: setup
 	$(RUN) python -m tfx_pipeline compile --output pipelines/kubeflow/funnel-pipeline.json

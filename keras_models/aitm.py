@@ -42,7 +42,7 @@ class AITM(MultiTaskModel):
         self.bottoms = [MLP(hp.bottom_units, hp.dropout, name=f"bottom_{l}") for l in labels]
         self.transfers = [keras.layers.Dense(width, activation="relu", name=f"transfer_{l}")
                           for l in labels[:-1]]
-        self.attention = [TaskAttention(width, name=f"ait_{l}") for l in labels[1:]]
+        self.attention = [TaskAttention(width, 2, name=f"ait_{l}") for l in labels[1:]]
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{l}") for l in labels]
         self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
 

@@ -80,6 +80,7 @@ class MultiTaskModel(keras.Model):
     """Base model: contract outputs, per-task losses, the training step."""
 
     hparams_class = None  # set by subclasses to their typed hyper-parameter dataclass
+    requires_core_target = False  # True for models that need a continuous last task
     OBJECTIVES = ("entire_space", "masked_conditional", "constrained")
 
     def __init__(self, input_layout, task_layout, hparams=None, **kwargs):

@@ -106,6 +106,7 @@ class HTLNet(MultiTaskModel):
     """
 
     hparams_class = HTLNetHParams
+    requires_core_target = True
 
     def __init__(self, input_layout, task_layout, hparams=None, **kwargs):
         super().__init__(input_layout, task_layout, hparams, **kwargs)
@@ -125,10 +126,12 @@ class HTLNet(MultiTaskModel):
         self.label_units = [LabelEmbeddingUnit(hp.label_embedding_dim, hp.gumbel_noise,
                                                seed=hp.seed + i, name=f"leu_{step}")
                             for i, step in enumerate(self.task_layout.steps)]
-        self.representation_fusion = [TaskAttention(fusion_dim, name=f"ifu_rep_{l}")
-                                      for l in labels[1:]]
-        self.label_fusion = [TaskAttention(fusion_dim, name=f"ifu_le_{l}")
-                             for l in labels[1:]]
+        # The IFUs of task t fuse the t earlier tasks' vectors.
+        self.representation_fusion = [TaskAttention(fusion_dim, t, name=f"ifu_rep_{l}")
+                                      for t, l in enumerate(labels[1:], start=1)]
+        self.label_fusion = [TaskAttention(fusion_dim, t,
+                                           name=f"ifu_le_{l}")
+                             for t, l in enumerate(labels[1:], start=1)]
 
     def compute_heads(self, fields, training=False) -> Heads:
         shared = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))

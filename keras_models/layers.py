@@ -88,18 +88,21 @@ class TaskAttention(keras.layers.Layer):
 
     For inputs u_1..u_n, each (batch, D): v_j = W1 u_j, k_j = W2 u_j, q_j = W3 u_j,
     alpha_j = softmax_j(<k_j, q_j> / sqrt(dim)), output sum_j alpha_j v_j (batch, dim).
-    With one input the weight is 1 and the output is W1 u_1.
+    With one input the weight is 1 and the output is W1 u_1, so no key or query
+    projection is created.
     """
 
-    def __init__(self, dim: int, **kwargs):
+    def __init__(self, dim: int, num_inputs: int, **kwargs):
         super().__init__(**kwargs)
-        self.dim = dim
+        self.dim, self.num_inputs = dim, num_inputs
         self.value = keras.layers.Dense(dim, name="value")
-        self.key = keras.layers.Dense(dim, name="key")
-        self.query = keras.layers.Dense(dim, name="query")
+        self.key = keras.layers.Dense(dim, name="key") if num_inputs > 1 else None
+        self.query = keras.layers.Dense(dim, name="query") if num_inputs > 1 else None
 
     def call(self, vectors):
-        if len(vectors) == 1:  # the softmax weight of a single input is 1
+        if len(vectors) != self.num_inputs:
+            raise ValueError(f"expected {self.num_inputs} vectors, got {len(vectors)}")
+        if self.num_inputs == 1:
             return self.value(vectors[0])
         u = ops.stack(vectors, axis=1)                                   # (B, n, D)
         v, k, q = self.value(u), self.key(u), self.query(u)              # (B, n, dim)
@@ -107,7 +110,7 @@ class TaskAttention(keras.layers.Layer):
         return ops.sum(weights[..., None] * v, axis=1)                  # (B, dim)
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim}
+        return {**super().get_config(), "dim": self.dim, "num_inputs": self.num_inputs}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -33,6 +33,16 @@ def model_class(name: str):
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None
 
 
+def check_fits(name: str, task_layout: TaskLayout, hparams: Mapping | None = None) -> None:
+    """Raises ValueError when model `name` cannot be trained on this chain or these hparams."""
+    cls = model_class(name)
+    if cls.requires_core_target and not task_layout.core_target:
+        raise ValueError(f"model {name!r} needs a chain that ends in a continuous core target "
+                         f"(chain.core_target in the dataset spec); this chain is "
+                         f"{' -> '.join(task_layout.steps)}")
+    cls.hparams_class.from_dict(dict(hparams or {}))
+
+
 def build(name: str, input_layout: InputLayout, task_layout: TaskLayout,
           hparams: Mapping | None = None) -> keras.Model:
     """Builds, creates the variables of, and compiles model `name` (Adam at its learning rate).

@@ -187,3 +187,37 @@ def test_compile_writes_a_kubeflow_v2_spec(tmp_path):
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     assert {"ImportExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"} <= set(tasks)
     assert "example/funnel:1" in text
+
+
+@pytest.mark.parametrize("model", ["apem", "htlnet"])
+def test_paper_models_train_export_and_serve_through_the_pipeline(model, tmp_path):
+    root = tmp_path / "pipeline"
+    result = cli("-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
+                 "--model", model, "--hparams", '{"embedding_dim": 8}', "--train-steps", "60",
+                 "--eval-steps", "5", "--min-auc", "0", "--pipeline-root", str(root),
+                 "--serving-dir", str(tmp_path / "serving"))
+    assert "blessed; pushed to" in result.stdout
+    rows = tmp_path / "rows.csv"
+    synthetic.generate(synthetic.FunnelConfig(rows=30, sample_seed=5)).to_csv(rows, index=False)
+    served = assert_served_equals_in_process(str(root), str(tmp_path / "serving" / model), str(rows))
+    assert np.unique(np.round(served["click_prob"], 6)).size > 20
+
+
+def test_model_that_does_not_fit_the_chain_fails_before_any_work(tmp_path):
+    rows = tmp_path / "shop.csv"
+    rows.write_text("country,click,buy\nde,1,1\nfr,0,0\n")
+    spec = tmp_path / "shop.yaml"
+    spec.write_text("name: shop\nfeatures: [{name: country, kind: categorical}]\n"
+                    "chain: {steps: [click, buy]}\n")
+    result = cli("-m", "tfx_pipeline", "run", "--dataset", "csv", "--data", str(rows), "--spec",
+                 str(spec), "--model", "htlnet", "--pipeline-root", str(tmp_path / "p"), check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: model 'htlnet' needs a chain that ends in a continuous core target "
+        "(chain.core_target in the dataset spec); this chain is click -> buy")
+    assert not os.path.exists(tmp_path / "p" / "ingested")
+    bad = cli("-m", "tfx_pipeline", "run", "--dataset", "csv", "--data", str(rows), "--spec",
+              str(spec), "--hparams", '{"depth": 2}', "--pipeline-root", str(tmp_path / "p"),
+              check=False)
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown hyper-parameter(s) ['depth'] for SharedBottomHParams")

@@ -110,22 +110,26 @@ def _config(args, examples_dir: str, spec, pipeline_root: str):
         schema_path=os.path.abspath(args.schema) if getattr(args, "schema", None) else None)
 
 
-def _check_model(name: str):
+def _check_model(args, spec):
+    """Fails early, before any data work, when the model cannot train on this spec."""
     from keras_models import registry
+    from keras_models.layout import TaskLayout
 
-    registry.model_class(name)
+    chain = spec.chain
+    registry.check_fits(args.model, TaskLayout(chain.steps, chain.core_target),
+                        parse_hparams(args.hparams))
 
 
 def command_run(args) -> int:
     from transform import datasets
     from transform.ingest import ingest_csv
 
-    _check_model(args.model)
     name = pipeline_name(args.dataset, args.model)
     pipeline_root = os.path.abspath(args.pipeline_root or os.path.join("pipelines", name))
     started = time.monotonic()
     source = datasets.resolve(args.dataset, os.path.join(pipeline_root, "source"), data=args.data,
                               spec_path=args.spec, rows=args.rows, seed=args.seed)
+    _check_model(args, source.spec)
     print(f"checking {source.csv_path} against spec {source.spec.name!r} ...", file=sys.stderr)
     ingested = ingest_csv(source.csv_path, source.spec, os.path.join(pipeline_root, "ingested"),
                           bad_rows=args.bad_rows, rejects_path=args.rejects, rename=source.rename,
@@ -165,9 +169,8 @@ def command_compile(args) -> int:
     from tfx_pipeline.pipeline import create_pipeline
     from transform import datasets
 
-    _check_model(args.model)
-    spec = datasets.resolve(args.dataset, work_dir=".", spec_path=args.spec).spec \
-        if args.dataset != "csv" else __import__("transform.spec", fromlist=["load"]).load(args.spec)
+    spec = datasets.spec_for(args.dataset, args.spec)
+    _check_model(args, spec)
     config = _config(args, args.data_root, spec, args.pipeline_root)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),

@@ -51,5 +51,19 @@ def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | 
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
 
 
+def spec_for(name: str, spec_path: str | None = None) -> spec_lib.DatasetSpec:
+    """The spec of dataset `name` (or the file `spec_path`), without touching any data."""
+    from transform.datasets import hillstrom, synthetic
+
+    builtin = {"synthetic": synthetic.SPEC, "hillstrom": hillstrom.SPEC}
+    if name == "csv":
+        if not spec_path:
+            raise ValueError("the csv dataset needs --spec FILE")
+        return spec_lib.load(spec_path)
+    if name not in builtin:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
+    return _with_spec_override(builtin[name], spec_path)
+
+
 def _with_spec_override(default: spec_lib.DatasetSpec, spec_path: str | None):
     return spec_lib.load(spec_path) if spec_path else default

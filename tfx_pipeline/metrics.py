@@ -1,0 +1,64 @@
+"""Metrics for a continuous core target, in NumPy (definitions: MODELS.md §A.10, [R]).
+
+  NRMSE  RMSE / std(y): the error relative to always predicting the mean (1.0).
+  NMAE   MAE / mean|y - mean(y)|: the same for absolute error.
+  normalised Gini  sort by prediction (descending), C(k) = cumulative share of
+         the true total among the top k; Gini = 2 mean_k C(k) - 1; divided by the
+         Gini of the perfect ordering (sort by the truth). 1 is a perfect ranking,
+         0 a random one. Tied predictions take the mean of their group's values,
+         so the result does not depend on the order of ties.
+  Spearman  rank correlation with average ranks for ties.
+
+Each returns NaN where it is undefined (empty input, constant truth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def _arrays(y_true, y_pred):
+    return np.asarray(y_true, dtype=np.float64).ravel(), np.asarray(y_pred, dtype=np.float64).ravel()
+
+
+def nrmse(y_true, y_pred) -> float:
+    y, p = _arrays(y_true, y_pred)
+    if y.size == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.sqrt(np.mean((y - p) ** 2)) / y.std())
+
+
+def nmae(y_true, y_pred) -> float:
+    y, p = _arrays(y_true, y_pred)
+    if y.size == 0:
+        return float("nan")
+    spread = np.mean(np.abs(y - y.mean()))
+    return float(np.mean(np.abs(y - p)) / spread) if spread > 0 else float("nan")
+
+
+def _gini_raw(y: np.ndarray, order_key: np.ndarray) -> float:
+    """2 mean_k C(k) - 1 with rows sorted by order_key descending, ties averaged."""
+    order = np.argsort(-order_key, kind="stable")
+    key, values = order_key[order], y[order]
+    # Replace each tie group's values by their mean: the curve no longer depends on tie order.
+    _, starts, counts = np.unique(-key, return_index=True, return_counts=True)
+    sums = np.add.reduceat(values, starts)
+    values = np.repeat(sums / counts, counts)
+    cumulative = np.cumsum(values) / values.sum()
+    return float(2 * cumulative.mean() - 1)
+
+
+def normalized_gini(y_true, y_pred) -> float:
+    y, p = _arrays(y_true, y_pred)
+    if y.size == 0 or y.sum() <= 0:
+        return float("nan")
+    perfect = _gini_raw(y, y)
+    return _gini_raw(y, p) / perfect if perfect != 0 else float("nan")
+
+
+def spearman(y_true, y_pred) -> float:
+    y, p = _arrays(y_true, y_pred)
+    if y.size < 2 or np.all(y == y[0]) or np.all(p == p[0]):
+        return float("nan")
+    return float(stats.spearmanr(y, p).statistic)
