@@ -16,9 +16,8 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel
+from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel, marginal_heads
 from keras_models.layers import MLP, TaskAttention
-from keras_models.mmoe import heads_from_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,4 +54,4 @@ class AITM(MultiTaskModel):
             fused.append(self.attention[t - 1]([carried, bottoms[t]]))
         logits = [ops.squeeze(head(tower(z, training=training)), -1)
                   for z, tower, head in zip(fused, self.towers, self.heads)]
-        return heads_from_logits(self.task_layout, logits)
+        return marginal_heads(self.task_layout, logits)

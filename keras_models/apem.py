@@ -22,7 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel
+from keras_models.base import (PACKAGE, CommonHParams, Heads, MultiTaskModel, chained_heads,
+                               marginal_heads)
 from keras_models.layers import MLP
 
 SELECTORS = ("attention", "gate")
@@ -294,13 +295,6 @@ class APEM(MultiTaskModel):
         selections = self.selector(patterns)
         logits = [ops.squeeze(head(tower(r, training=training)), -1)
                   for r, tower, head in zip(selections, self.towers, self.heads)]
-        steps = self.task_layout.steps
-        core = logits[len(steps)] if self.task_layout.core_target else None
         if self.objective == "constrained":
-            return Heads({s: ops.sigmoid(z) for s, z in zip(steps, logits)}, core)
-        conditionals, marginals, running = {}, {}, None
-        for step, logit in zip(steps, logits):
-            conditionals[step] = ops.sigmoid(logit)
-            running = conditionals[step] if running is None else running * conditionals[step]
-            marginals[step] = running
-        return Heads(marginals, core, conditionals)
+            return marginal_heads(self.task_layout, logits)
+        return chained_heads(self.task_layout, logits)

@@ -76,6 +76,25 @@ class Heads:
     conditionals: Mapping[str, object] | None = None
 
 
+def marginal_heads(task_layout: TaskLayout, logits) -> Heads:
+    """One logit per label: sigmoid marginals for the steps, the last logit as the core."""
+    steps = task_layout.steps
+    probs = {step: ops.sigmoid(z) for step, z in zip(steps, logits)}
+    return Heads(probs, logits[len(steps)] if task_layout.core_target else None)
+
+
+def chained_heads(task_layout: TaskLayout, logits) -> Heads:
+    """One logit per label: conditional rates c_t = sigmoid(z_t) for the steps, marginals
+    m_t = c_1 * ... * c_t on the impression space, the last logit as the core."""
+    steps = task_layout.steps
+    conditionals, marginals, running = {}, {}, None
+    for step, logit in zip(steps, logits):
+        conditionals[step] = ops.sigmoid(logit)
+        running = conditionals[step] if running is None else running * conditionals[step]
+        marginals[step] = running
+    return Heads(marginals, logits[len(steps)] if task_layout.core_target else None, conditionals)
+
+
 class MultiTaskModel(keras.Model):
     """Base model: contract outputs, per-task losses, the training step."""
 
@@ -298,4 +317,5 @@ def hparams_from_dict(cls, values: Mapping):
     return cls(**converted)
 
 
-__all__ = ["CommonHParams", "Heads", "MultiTaskModel", "hparams_from_dict", "PACKAGE"]
+__all__ = ["CommonHParams", "Heads", "MultiTaskModel", "chained_heads", "hparams_from_dict",
+           "marginal_heads", "PACKAGE"]

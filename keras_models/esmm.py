@@ -14,7 +14,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel
+from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel, chained_heads
 from keras_models.layers import MLP
 
 
@@ -39,11 +39,4 @@ class ESMM(MultiTaskModel):
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
         logits = [ops.squeeze(head(tower(e, training=training)), -1)
                   for tower, head in zip(self.towers, self.heads)]
-        steps = self.task_layout.steps
-        conditionals, marginals, running = {}, {}, None
-        for step, logit in zip(steps, logits):
-            conditionals[step] = ops.sigmoid(logit)
-            running = conditionals[step] if running is None else running * conditionals[step]
-            marginals[step] = running
-        core = logits[len(steps)] if self.task_layout.core_target else None
-        return Heads(marginals, core, conditionals)
+        return chained_heads(self.task_layout, logits)

@@ -7,7 +7,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel
+from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel, marginal_heads
 from keras_models.layers import MLP
 
 
@@ -17,13 +17,6 @@ class MMoEHParams(CommonHParams):
     expert_units: tuple[int, ...] = (128, 64)
     tower_units: tuple[int, ...] = (32,)
     dropout: float = 0.0
-
-
-def heads_from_logits(task_layout, logits) -> Heads:
-    """Sigmoid marginals for the binary steps, the last logit as the core prediction."""
-    steps = task_layout.steps
-    probs = {step: ops.sigmoid(z) for step, z in zip(steps, logits)}
-    return Heads(probs, logits[len(steps)] if task_layout.core_target else None)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -50,4 +43,4 @@ class MMoE(MultiTaskModel):
         for gate, tower, head in zip(self.gates, self.towers, self.heads):
             mixed = ops.sum(gate(e)[..., None] * experts, axis=1)           # (B, h)
             logits.append(ops.squeeze(head(tower(mixed, training=training)), -1))
-        return heads_from_logits(self.task_layout, logits)
+        return marginal_heads(self.task_layout, logits)

@@ -12,9 +12,8 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel
+from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel, marginal_heads
 from keras_models.layers import MLP
-from keras_models.mmoe import heads_from_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,4 +72,4 @@ class PLE(MultiTaskModel):
             task_inputs = next_inputs
         logits = [ops.squeeze(head(tower(x, training=training)), -1)
                   for x, tower, head in zip(task_inputs, self.towers, self.heads)]
-        return heads_from_logits(self.task_layout, logits)
+        return marginal_heads(self.task_layout, logits)

@@ -7,7 +7,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel
+from keras_models.base import PACKAGE, CommonHParams, Heads, MultiTaskModel, marginal_heads
 from keras_models.layers import MLP
 
 
@@ -40,7 +40,4 @@ class SharedBottom(MultiTaskModel):
                              training=training)                            # (B, h)
         logits = [ops.squeeze(head(tower(shared, training=training)), -1)  # (B,) each
                   for tower, head in zip(self.towers, self.heads)]
-        steps = self.task_layout.steps
-        probs = {step: ops.sigmoid(logit) for step, logit in zip(steps, logits)}
-        core = logits[len(steps)] if self.task_layout.core_target else None
-        return Heads(probs, core)
+        return marginal_heads(self.task_layout, logits)

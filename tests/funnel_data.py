@@ -30,3 +30,18 @@ def funnel_arrays(rows: int, seed: int = 0, sample_seed: int | None = None):
 
 def split(arrays: dict, rows: int):
     return ({k: v[:rows] for k, v in arrays.items()}, {k: v[rows:] for k, v in arrays.items()})
+
+
+def random_batch(layout: InputLayout, n: int = 64, seed: int = 0, steps=("click", "buy"),
+                 core_target: str | None = "amount"):
+    """Random ids and numbers for `layout`, labels for a chained click -> buy -> amount."""
+    rng = np.random.default_rng(seed)
+    features = {name: rng.integers(0, size, n) for name, size in layout.categorical.items()}
+    features.update({name: rng.normal(size=n).astype("float32") for name in layout.numeric})
+    labels, previous = {}, np.ones(n, "float32")
+    for step in steps:
+        previous = previous * (rng.random(n) < 0.5).astype("float32")
+        labels[step] = previous
+    if core_target:
+        labels[core_target] = (previous * rng.lognormal(2, 1, n)).astype("float32")
+    return features, labels

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from funnel_data import random_batch
 from keras_models import registry
 from keras_models.apem import resolve_groups
 from keras_models.layout import InputLayout, TaskLayout
@@ -14,13 +14,7 @@ B, F, D = 32, 5, 8
 
 
 def batch(seed=0):
-    rng = np.random.default_rng(seed)
-    features = {"a": rng.integers(0, 20, B), "b": rng.integers(0, 10, B), "c": rng.integers(0, 5, B),
-                "x": rng.normal(size=B).astype("float32"), "y": rng.normal(size=B).astype("float32")}
-    click = (rng.random(B) < 0.5).astype("float32")
-    labels = {"click": click, "buy": click * (rng.random(B) < 0.5),
-              "amount": (click * rng.lognormal(2, 1, B)).astype("float32")}
-    return features, labels
+    return random_batch(INPUTS, B, seed)
 
 
 def build(**hparams):

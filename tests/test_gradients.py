@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from funnel_data import random_batch
 from keras_models import registry
 from keras_models.gradients import (GradientConfig, flatten_task_gradients, htlnet_combine,
                                     pcgrad_combine)
@@ -98,13 +99,7 @@ TASKS = TaskLayout(("click", "buy"), "amount")
 def model_and_batch(rule):
     model = registry.build("shared_bottom", INPUTS, TASKS,
                            {"embedding_dim": 4, "gradient_rule": rule, "gradient_gamma": 0.3})
-    rng = np.random.default_rng(2)
-    n = 32
-    features = {"a": rng.integers(0, 50, n), "b": rng.integers(0, 30, n),
-                "x": rng.normal(size=n).astype("float32")}
-    click = (rng.random(n) < 0.5).astype("float32")
-    labels = {"click": click, "buy": click * (rng.random(n) < 0.5),
-              "amount": (click * rng.lognormal(2, 1, n)).astype("float32")}
+    features, labels = random_batch(INPUTS, 32, seed=2)
     model.adapt_target(labels["amount"])
     return model, features, labels
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from funnel_data import random_batch
 from keras_models import registry
 from keras_models.htlnet import LabelEmbeddingUnit, TemperatureSchedule
 from keras_models.layout import InputLayout, TaskLayout
@@ -13,13 +14,7 @@ TASKS = TaskLayout(("click", "buy"), "amount")
 
 
 def batch(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    features = {"a": rng.integers(0, 20, n), "b": rng.integers(0, 10, n),
-                "x": rng.normal(size=n).astype("float32")}
-    click = (rng.random(n) < 0.5).astype("float32")
-    labels = {"click": click, "buy": click * (rng.random(n) < 0.5),
-              "amount": (click * rng.lognormal(2, 1, n)).astype("float32")}
-    return features, labels
+    return random_batch(INPUTS, n, seed)
 
 
 def gradient_norms(model, loss_name, variables):

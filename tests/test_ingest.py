@@ -115,7 +115,7 @@ def test_reject_mode_sets_bad_rows_aside_with_counts(tmp_path):
 
 
 def test_problem_counts_cover_the_whole_file(tmp_path):
-    bad = "".join(f"de,31,2,0,1,0\n" for _ in range(4)) + "de,x,2,1,1,1\n"
+    bad = "".join("de,31,2,0,1,0\n" for _ in range(4)) + "de,x,2,1,1,1\n"
     with pytest.raises(DataValidationError, match=r"rows with problems: 4 chain_violation, "
                                                   r"1 unparsable_number"):
         run(tmp_path, write(tmp_path, GOOD_ROWS + bad))

@@ -7,6 +7,7 @@ import keras
 
 from keras_models import registry
 from keras_models.layers import FieldEmbedding, TargetScaler
+from funnel_data import random_batch
 from keras_models.layout import InputLayout, TaskLayout
 
 INPUTS = InputLayout({"a": 5, "b": 7}, ("x",))
@@ -14,14 +15,7 @@ TASKS = TaskLayout(("click", "buy"), "amount")
 
 
 def batch(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    features = {"a": rng.integers(0, 5, n), "b": rng.integers(0, 7, n),
-                "x": rng.normal(size=n).astype("float32")}
-    click = (rng.random(n) < 0.4).astype("float32")
-    buy = click * (rng.random(n) < 0.5)
-    labels = {"click": click, "buy": buy.astype("float32"),
-              "amount": (buy * rng.lognormal(3, 1, n)).astype("float32")}
-    return features, labels
+    return random_batch(INPUTS, n, seed)
 
 
 def test_field_embedding_matches_per_field_lookup():

@@ -146,12 +146,18 @@ def test_anomalies_stop_the_run_before_training(synthetic_run, tmp_path):
     assert not os.path.exists(tmp_path / "serving")
 
 
-def test_bad_input_stops_before_the_pipeline(tmp_path):
+def write_shop(tmp_path, body: str):
+    """A two-step CSV dataset (country; click -> buy) and its spec file."""
     rows = tmp_path / "shop.csv"
-    rows.write_text("country,click,buy\nde,1,1\nfr,0,1\n")
+    rows.write_text("country,click,buy\n" + body)
     spec = tmp_path / "shop.yaml"
     spec.write_text("name: shop\nfeatures: [{name: country, kind: categorical}]\n"
                     "chain: {steps: [click, buy]}\n")
+    return rows, spec
+
+
+def test_bad_input_stops_before_the_pipeline(tmp_path):
+    rows, spec = write_shop(tmp_path, "de,1,1\nfr,0,1\n")
     result = cli("-m", "tfx_pipeline", "run", "--dataset", "csv", "--data", str(rows), "--spec",
                  str(spec), "--pipeline-root", str(tmp_path / "p"), check=False)
     assert result.returncode == 1
@@ -204,11 +210,7 @@ def test_paper_models_train_export_and_serve_through_the_pipeline(model, tmp_pat
 
 
 def test_model_that_does_not_fit_the_chain_fails_before_any_work(tmp_path):
-    rows = tmp_path / "shop.csv"
-    rows.write_text("country,click,buy\nde,1,1\nfr,0,0\n")
-    spec = tmp_path / "shop.yaml"
-    spec.write_text("name: shop\nfeatures: [{name: country, kind: categorical}]\n"
-                    "chain: {steps: [click, buy]}\n")
+    rows, spec = write_shop(tmp_path, "de,1,1\nfr,0,0\n")
     result = cli("-m", "tfx_pipeline", "run", "--dataset", "csv", "--data", str(rows), "--spec",
                  str(spec), "--model", "htlnet", "--pipeline-root", str(tmp_path / "p"), check=False)
     assert result.returncode == 1

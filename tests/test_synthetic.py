@@ -1,6 +1,5 @@
 """The synthetic funnel: requested rates, a consistent chain, one model for every draw size."""
 
-import numpy as np
 import pytest
 
 from transform.datasets.synthetic import FunnelConfig, generate
