@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     for dataset in args.datasets.split(","):
         spec = datasets.spec_for(dataset)
         root = os.path.abspath(os.path.join(args.work_dir, dataset))
-        data = args.data or os.environ.get("HILLSTROM_CSV") if dataset == "hillstrom" else None
+        data = (args.data or os.environ.get("HILLSTROM_CSV")) if dataset == "hillstrom" else None
         print(f"[{dataset}] preparing the Transform output ...", file=sys.stderr, flush=True)
         prepare(dataset, root, data, args.rows)
         tft_output = tft.TFTransformOutput(latest(f"{root}/Transform/transform_graph/*"))
