@@ -181,6 +181,17 @@ class MultiTaskModel(keras.Model):
             losses[target] = ops.mean(ops.square(outputs[scaled_key(target)] - z))
         return losses
 
+    def training_losses(self, labels, outputs) -> dict:
+        """task_losses plus "regularization" (weight regularisers), evaluated now.
+
+        Regularisers are read here, inside the training tape, so they are one
+        more non-task term: under a gradient rule they pass unadjusted.
+        """
+        losses = self.task_losses(labels, outputs)
+        if self.losses:
+            losses["regularization"] = ops.sum(ops.stack(self.losses))
+        return losses
+
     def _record(self, losses, total):
         for name, value in losses.items():
             if name in self.loss_trackers:
@@ -197,10 +208,8 @@ class MultiTaskModel(keras.Model):
         with tf.GradientTape(persistent=True) as tape:
             fields = self.embedding(features)                              # (B, F, d)
             outputs = self._outputs(self.compute_heads(fields, training=True))
-            losses = self.task_losses(labels, outputs)
+            losses = self.training_losses(labels, outputs)
             total = ops.sum(ops.stack(list(losses.values())))
-            if self.losses:
-                total = total + ops.sum(ops.stack(self.losses))
             scaled = {name: value / replicas for name, value in losses.items()}
             scaled_total = total / replicas
         gradients = self.compute_gradients(tape, fields, scaled, scaled_total)
@@ -213,13 +222,14 @@ class MultiTaskModel(keras.Model):
 
         Rule "none": the gradient of the summed loss, one backward pass.
 
-        Any other rule: one backward pass per loss term to the embedded fields
+        Any other rule: one backward pass per task to the embedded fields
         (B, F, d) and the non-shared variables (the towers are task-specific, so
-        these passes together cost about one full backward pass); the non-shared
-        variables get the sum over terms, i.e. the gradient of the summed loss.
-        Each task's gradient of the shared embedding variables then comes from a
-        cheap backward pass through the embedding layer alone, and the rule
-        combines them. Terms that are not tasks (penalties) pass unadjusted.
+        these passes together cost about one full backward pass). Each task's
+        gradient of the shared embedding variables then comes from a cheap
+        backward pass through the embedding layer alone, and the rule combines
+        them. Terms that are not tasks (penalties, regularisation) get one plain
+        pass over every variable and are added unadjusted. The non-shared
+        variables thus get the gradient of the summed loss.
         """
         if self.hparams.gradient_rule == "none":
             return tape.gradient(total, self.trainable_variables)
@@ -227,25 +237,21 @@ class MultiTaskModel(keras.Model):
         shared_ids = {id(v) for v in shared}
         others = [v for v in self.trainable_variables if id(v) not in shared_ids]
         tasks = self.task_layout.label_names
-        terms = list(tasks) + [name for name in losses if name not in tasks]
         summed = [None] * len(others)
-        field_grads = {}
-        for name in terms:
+        field_grads = []
+        for name in tasks:
             grads = tape.gradient(losses[name], [fields] + others)
-            field_grads[name] = grads[0]
+            field_grads.append(grads[0])
             summed = [_add_gradients(g, s) for g, s in zip(grads[1:], summed)]
-        if self.losses:  # regularisation terms: plain gradient everywhere
-            extra = tape.gradient(ops.sum(ops.stack(self.losses)), others)
-            summed = [_add_gradients(g, e) for g, e in zip(summed, extra)]
-
-        def shared_gradient(name):
-            if field_grads[name] is None:
-                return [None] * len(shared)
-            return tape.gradient(fields, shared, output_gradients=field_grads[name])
-
-        combined = self.gradient_handler.combine([shared_gradient(t) for t in tasks], shared)
-        for name in terms[len(tasks):]:
-            combined = [_add_gradients(c, g) for c, g in zip(combined, shared_gradient(name))]
+        # Each task's gradient of the shared variables: a backward pass through the
+        # embedding layer alone, from that task's gradient of the embedded fields.
+        combined = self.gradient_handler.combine(
+            [[None] * len(shared) if g is None else
+             tape.gradient(fields, shared, output_gradients=g) for g in field_grads], shared)
+        for name in [n for n in losses if n not in tasks]:  # penalties: their plain gradient
+            grads = tape.gradient(losses[name], others + shared)
+            summed = [_add_gradients(g, s) for g, s in zip(grads[:len(others)], summed)]
+            combined = [_add_gradients(c, g) for c, g in zip(combined, grads[len(others):])]
         by_variable = dict(zip(map(id, others), summed))
         by_variable.update(zip(map(id, shared), combined))
         return [by_variable[id(v)] for v in self.trainable_variables]

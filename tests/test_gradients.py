@@ -147,3 +147,31 @@ def test_every_rule_trains(rule):
 def test_unknown_rule_is_rejected():
     with pytest.raises(ValueError, match="gradient_rule must be one of"):
         registry.build("shared_bottom", INPUTS, TASKS, {"gradient_rule": "magic"})
+
+
+def test_regularisation_reaches_the_shared_variables_under_a_rule():
+    """An L2 weight regulariser on the embedding table adds its plain gradient, 2 * l2 * W on
+    every row, to the rule's combination of task gradients."""
+    import keras
+
+    features, labels = random_batch(INPUTS, 32, seed=2)
+    table_gradients = {}
+    for l2 in (0.0, 0.25):
+        keras.utils.set_random_seed(0)
+        model = registry.build("shared_bottom", INPUTS, TASKS,
+                               {"embedding_dim": 4, "gradient_rule": "htlnet"})
+        if l2:
+            model.embedding.table.regularizer = keras.regularizers.L2(l2)
+        model.adapt_target(labels["amount"])
+        with tf.GradientTape(persistent=True) as tape:
+            fields = model.embedding(features)
+            outputs = model._outputs(model.compute_heads(fields, training=True))
+            losses = model.training_losses(labels, outputs)
+            total = sum(losses.values())
+        assert ("regularization" in losses) == bool(l2)
+        grads = model.compute_gradients(tape, fields, losses, total)
+        index = [id(v) for v in model.trainable_variables].index(id(model.embedding.table))
+        table_gradients[l2] = dense(grads[index])
+        table = model.embedding.table.numpy().reshape(-1)
+    np.testing.assert_allclose(table_gradients[0.25] - table_gradients[0.0], 2 * 0.25 * table,
+                               rtol=1e-4, atol=1e-7)
