@@ -41,21 +41,31 @@ def load_spec(version_dir: str):
         return DatasetSpec.from_json(handle.read())
 
 
-def serialize_rows(csv_path: str, spec) -> tuple[list[bytes], np.ndarray]:
-    """Checks feature columns of `csv_path`; returns serialized tf.Examples and line numbers."""
-    import pyarrow as pa
-    from tfx_bsl.coders import example_coder
+def read_feature_columns(csv_path: str, spec) -> tuple[dict, np.ndarray]:
+    """Checks the feature columns of `csv_path` against the spec.
 
-    from transform.ingest import arrow_column, check_table, read_text_table
+    Returns (feature name -> typed numpy column, line number of each row).
+    """
+    from transform.ingest import check_table, read_text_table
 
     frame = read_text_table(csv_path)
     # Labels play no part in a request: replace them so only features are checked.
     for label in spec.label_columns:
         frame[label] = "0"
     columns, _, _ = check_table(frame, spec, source=csv_path, bad_rows="error")
-    names = list(spec.feature_names)
-    batch = pa.RecordBatch.from_arrays([arrow_column(columns[n]) for n in names], names)
-    return example_coder.RecordBatchToExamples(batch), np.arange(len(frame)) + 2
+    return {name: columns[name] for name in spec.feature_names}, np.arange(len(frame)) + 2
+
+
+def serialize_rows(csv_path: str, spec) -> tuple[list[bytes], np.ndarray]:
+    """Checks feature columns of `csv_path`; returns serialized tf.Examples and line numbers."""
+    import pyarrow as pa
+    from tfx_bsl.coders import example_coder
+
+    from transform.ingest import arrow_column
+
+    columns, lines = read_feature_columns(csv_path, spec)
+    batch = pa.RecordBatch.from_arrays([arrow_column(v) for v in columns.values()], list(columns))
+    return example_coder.RecordBatchToExamples(batch), lines
 
 
 def predict(version_dir: str, serialized: list[bytes]) -> dict[str, np.ndarray]:

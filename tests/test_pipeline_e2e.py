@@ -49,14 +49,9 @@ def in_process_predictions(pipeline_root, raw_rows: dict):
 
 def raw_feature_columns(csv_path, spec):
     """Raw feature columns with the pipeline's typing, for the in-process model."""
-    from transform.ingest import check_table, read_text_table
-
-    frame = read_text_table(csv_path)
-    for label in spec.label_columns:
-        frame[label] = "0"
-    columns, _, _ = check_table(frame, spec, csv_path)
-    return {name: columns[name].astype(bytes) if columns[name].dtype == object else columns[name]
-            for name in spec.feature_names}
+    columns, _ = predict.read_feature_columns(csv_path, spec)
+    return {name: values.astype(bytes) if values.dtype == object else values
+            for name, values in columns.items()}
 
 
 def assert_served_equals_in_process(pipeline_root, model_dir, rows_csv):

@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     import tensorflow_transform as tft
 
     from keras_models import registry
+    from tfx_pipeline.trainer import task_layout_for
     from transform import datasets
 
     models = args.models.split(",")
@@ -170,10 +171,8 @@ def main(argv=None) -> int:
         train, evaluation = load_split(root, "train", tft_output), load_split(root, "eval", tft_output)
         runs = {}
         for name in models:
-            from keras_models.layout import TaskLayout
-
             try:
-                registry.check_fits(name, TaskLayout(spec.chain.steps, spec.chain.core_target))
+                registry.check_fits(name, task_layout_for(spec))
             except ValueError:
                 continue
             runs[name] = []
