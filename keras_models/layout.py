@@ -7,6 +7,10 @@ output dict and the output names TFMA evaluates.
   <target>_pred  the continuous core target, on its original scale
   score          a ranking score: the core prediction when the chain has one,
                  else the last step's probability
+
+Evaluation adds outputs that re-read these on a narrower sample space (see
+`evaluation_outputs`), named `<output>_given_<step>`: the rows where `step`
+happened.
 """
 
 from __future__ import annotations
@@ -33,6 +37,34 @@ def conditional_key(step: str) -> str:
 def scaled_key(target: str) -> str:
     """Training-only output: the core prediction on the scaled (training) scale."""
     return f"{target}_scaled"
+
+
+def given_key(output_key: str, step: str) -> str:
+    """Evaluation-only output: `output_key` on the rows where `step` is 1."""
+    return f"{output_key}_given_{step}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOutput:
+    """One output TFMA evaluates: a prediction, its label and its sample space.
+
+    Attributes:
+      name: TFMA output name (an output of the evaluation signature).
+      label: label column it is scored against.
+      kind: "binary" or "regression".
+      prediction: the contract output it is computed from.
+      divide_by: a contract output to divide `prediction` by, or None. The
+        conditional probability P(step | previous step) is the ratio of the two
+        marginals on the impression space.
+      condition: a label column; only rows where it is 1 count (None: all rows).
+    """
+
+    name: str
+    label: str
+    kind: str
+    prediction: str
+    divide_by: str | None = None
+    condition: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +117,32 @@ class TaskLayout:
         if self.core_target:
             keys += (pred_key(self.core_target),)
         return keys + (SCORE_KEY,)
+
+    @property
+    def evaluation_outputs(self) -> tuple[EvalOutput, ...]:
+        """What TFMA scores, per sample space.
+
+        For a chain click -> conversion -> revenue:
+          click_prob                         click, all rows (CTR)
+          conversion_prob                    conversion, all rows (CTCVR)
+          conversion_prob_given_click        conversion, clicked rows (CVR)
+          revenue_pred                       revenue, all rows
+          revenue_pred_given_conversion      revenue, converted rows
+        """
+        outputs = []
+        for index, step in enumerate(self.steps):
+            outputs.append(EvalOutput(prob_key(step), step, "binary", prob_key(step)))
+            if index:
+                previous = self.steps[index - 1]
+                outputs.append(EvalOutput(given_key(prob_key(step), previous), step, "binary",
+                                          prob_key(step), divide_by=prob_key(previous),
+                                          condition=previous))
+        if self.core_target:
+            target = pred_key(self.core_target)
+            outputs.append(EvalOutput(target, self.core_target, "regression", target))
+            outputs.append(EvalOutput(given_key(target, self.steps[-1]), self.core_target,
+                                      "regression", target, condition=self.steps[-1]))
+        return tuple(outputs)
 
     def to_config(self) -> dict:
         return {"steps": list(self.steps), "core_target": self.core_target,

@@ -1,5 +1,6 @@
 """Metrics for a continuous core target, in NumPy (definitions: MODELS.md §A.10, [R]).
 
+  MSE, MAE  mean squared / absolute error.
   NRMSE  RMSE / std(y): the error relative to always predicting the mean (1.0).
   NMAE   MAE / mean|y - mean(y)|: the same for absolute error.
   normalised Gini  sort by prediction (descending), C(k) = cumulative share of
@@ -20,6 +21,16 @@ from scipy import stats
 
 def _arrays(y_true, y_pred):
     return np.asarray(y_true, dtype=np.float64).ravel(), np.asarray(y_pred, dtype=np.float64).ravel()
+
+
+def mse(y_true, y_pred) -> float:
+    y, p = _arrays(y_true, y_pred)
+    return float(np.mean((y - p) ** 2)) if y.size else float("nan")
+
+
+def mae(y_true, y_pred) -> float:
+    y, p = _arrays(y_true, y_pred)
+    return float(np.mean(np.abs(y - p))) if y.size else float("nan")
 
 
 def nrmse(y_true, y_pred) -> float:

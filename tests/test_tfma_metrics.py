@@ -1,0 +1,179 @@
+"""The core-target TFMA metrics equal their NumPy / scikit-learn / SciPy references.
+
+The combiner is driven the way TFMA drives it (standard metric inputs, split
+accumulators merged), and once inside a real Beam pipeline.
+"""
+
+import math
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing import util as beam_util
+from scipy import stats
+from sklearn import metrics as sk
+from tensorflow_model_analysis.metrics import metric_types, metric_util
+
+from tfx_pipeline import metrics as numpy_metrics
+from tfx_pipeline import tfma_metrics
+
+METRICS = {cls.NAME: cls for cls in tfma_metrics.CORE_TARGET_METRICS}
+
+
+def reference(name, y, p):
+    """Independent references: scikit-learn, SciPy, or the formula written out."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if y.size == 0:
+        return math.nan
+    if name == "mse":
+        return sk.mean_squared_error(y, p)
+    if name == "mae":
+        return sk.mean_absolute_error(y, p)
+    if name == "nrmse":
+        return math.sqrt(sk.mean_squared_error(y, p)) / y.std() if y.std() > 0 else math.nan
+    if name == "nmae":
+        spread = np.mean(np.abs(y - y.mean()))
+        return sk.mean_absolute_error(y, p) / spread if spread > 0 else math.nan
+    if name == "spearman":
+        if len(set(y)) < 2 or len(set(p)) < 2:
+            return math.nan
+        return stats.spearmanr(y, p).statistic
+    if name == "normalized_gini":
+        return gini_by_loop(y, p)
+    raise KeyError(name)
+
+
+def gini_by_loop(y, p):
+    """Normalised Gini with explicit loops; ties share the mean of their group."""
+    if y.sum() <= 0:
+        return math.nan
+
+    def raw(key):
+        groups = sorted(set(key), reverse=True)
+        ordered = []
+        for value in groups:
+            members = [y[i] for i in range(len(y)) if key[i] == value]
+            ordered += [sum(members) / len(members)] * len(members)
+        total, running, area = sum(ordered), 0.0, 0.0
+        for value in ordered:
+            running += value
+            area += running / total
+        return 2 * area / len(ordered) - 1
+
+    perfect = raw(list(y))
+    return raw(list(p)) / perfect if perfect else math.nan
+
+
+def run_combiner(name, labels, predictions, weights=None, weighted=False, splits=3):
+    """Feeds examples through the metric's computations as TFMA does; returns the value."""
+    sample, derived = METRICS[name]().computations(example_weighted=weighted)
+    combiner = sample.combiner
+    inputs = [metric_util.to_standard_metric_inputs({
+        "labels": np.array([y], np.float32), "predictions": np.array([p], np.float32),
+        "example_weights": np.array([1.0 if weights is None else weights[i]], np.float32)})
+        for i, (y, p) in enumerate(zip(labels, predictions))]
+    accumulators = []
+    for part in range(splits):       # several workers, merged: order must not matter
+        accumulator = combiner.create_accumulator()
+        for element in inputs[part::splits]:
+            accumulator = combiner.add_input(accumulator, element)
+        accumulators.append(accumulator)
+    values = combiner.extract_output(combiner.merge_accumulators(accumulators))
+    (key,) = derived.keys
+    return derived.result(values)[key]
+
+
+RNG = np.random.default_rng(3)
+SPEND = np.where(RNG.random(40) < 0.3, RNG.lognormal(3, 1, 40), 0.0).round(2)
+PREDICTED = (SPEND * RNG.uniform(0.5, 1.5, 40) + RNG.uniform(0, 5, 40)).round(1)
+CASES = {
+    "zero_heavy": (SPEND, PREDICTED),
+    "ties_in_predictions": (SPEND, np.floor(PREDICTED / 20) * 20),
+    "hand_sized": ([0.0, 10.0, 0.0, 30.0], [1.0, 8.0, 2.0, 20.0]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_metric_equals_reference(name, case):
+    y, p = CASES[case]
+    expected = reference(name, np.float32(y), np.float32(p))
+    assert run_combiner(name, y, p) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_hand_computed_values():
+    y, p = CASES["hand_sized"]
+    # errors -1, 2, -2, 10: MSE (1+4+4+100)/4, MAE 15/4
+    assert run_combiner("mse", y, p) == pytest.approx(27.25)
+    assert run_combiner("mae", y, p) == pytest.approx(3.75)
+    # y mean 10, std sqrt(150), mean |y - 10| = 10
+    assert run_combiner("nrmse", y, p) == pytest.approx(math.sqrt(27.25) / math.sqrt(150))
+    assert run_combiner("nmae", y, p) == pytest.approx(0.375)
+    # the prediction order is a perfect order of the truth: Gini 1
+    assert run_combiner("normalized_gini", y, p) == pytest.approx(1.0)
+    # but the two zero labels tie: ranks (1.5, 3, 1.5, 4) vs (1, 3, 2, 4), r = 4.5 / sqrt(4.5 * 5)
+    assert run_combiner("spearman", y, p) == pytest.approx(4.5 / math.sqrt(22.5))
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_weights_select_the_sample_space(name):
+    y, p = CASES["zero_heavy"]
+    converted = (y > 0).astype(float)
+    expected = reference(name, np.float32(y[y > 0]), np.float32(p[y > 0]))
+    got = run_combiner(name, y, p, weights=converted, weighted=True)
+    assert got == pytest.approx(expected, rel=1e-6)
+    # Unweighted computations ignore the weight: all rows count.
+    assert run_combiner(name, y, p, weights=converted) == pytest.approx(
+        reference(name, np.float32(y), np.float32(p)), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_empty_slice_is_nan(name):
+    y, p = CASES["hand_sized"]
+    assert math.isnan(run_combiner(name, y, p, weights=[0, 0, 0, 0], weighted=True))
+    assert math.isnan(run_combiner(name, [], [], splits=1))
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_single_valued_slice(name):
+    """All-zero truth (no buyer in the slice): only MSE and MAE are defined."""
+    y, p = [0.0, 0.0, 0.0], [1.0, 0.5, 2.0]
+    got = run_combiner(name, y, p)
+    if name in ("mse", "mae"):
+        assert got == pytest.approx(reference(name, y, p))
+    else:
+        assert math.isnan(got)
+        assert math.isnan(reference(name, y, p))
+
+
+def test_numpy_gini_matches_loop_reference():
+    y, p = CASES["ties_in_predictions"]
+    assert numpy_metrics.normalized_gini(y, p) == pytest.approx(gini_by_loop(y, p))
+
+
+def test_metrics_run_inside_a_beam_pipeline():
+    y, p = CASES["zero_heavy"]
+    sample, derived = tfma_metrics.NormalizedGini().computations()
+    examples = [{"labels": np.array([a], np.float32), "predictions": np.array([b], np.float32),
+                 "example_weights": np.array([1.0], np.float32)} for a, b in zip(y, p)]
+    expected = reference("normalized_gini", np.float32(y), np.float32(p))
+
+    def check(results):
+        (slice_key, values), = results
+        (key,) = derived.keys
+        assert slice_key == ()
+        assert values[key] == pytest.approx(expected, rel=1e-6)
+
+    with beam.Pipeline() as pipeline:
+        computed = (pipeline
+                    | beam.Create(examples)
+                    | beam.Map(metric_util.to_standard_metric_inputs)
+                    | beam.Map(lambda inputs: ((), inputs))
+                    | beam.CombinePerKey(sample.combiner)
+                    | beam.Map(lambda item: (item[0], derived.result(item[1]))))
+        beam_util.assert_that(computed, check)
+
+
+def test_registered_for_metric_configs():
+    for cls in tfma_metrics.CORE_TARGET_METRICS:
+        assert metric_types.registered_metrics()[cls.__name__] is cls

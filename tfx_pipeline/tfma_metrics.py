@@ -1,0 +1,146 @@
+"""The core-target metrics of tfx_pipeline.metrics as TFMA custom metrics.
+
+In an EvalConfig:
+
+  MetricConfig(class_name="NRMSE", module="tfx_pipeline.tfma_metrics")
+
+Classes and the metric names they report: MeanSquaredErrorOnSample (mse),
+MeanAbsoluteErrorOnSample (mae), NRMSE (nrmse), NMAE (nmae), NormalizedGini
+(normalized_gini), Spearman (spearman).
+
+Gini and Spearman need every (label, prediction) pair of a slice, not running
+sums, so one combiner gathers the pairs and each metric is a derived
+computation that calls the NumPy definition. The combiner's key is the same
+for all six, and TFMA runs equal computations once: the pairs are held once per
+output and slice (16 bytes per example).
+
+Sample space: with example weights on (MetricsSpec.example_weights.weighted),
+the weight selects rows: 0 leaves a row out, any other value keeps it, once.
+The pipeline uses a 0/1 label as the weight to score, for example, revenue on
+the converted rows only. A slice with no rows reports NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import apache_beam as beam
+import numpy as np
+from tensorflow_model_analysis.metrics import metric_types, metric_util
+
+from tfx_pipeline import metrics as numpy_metrics
+
+_SAMPLE_NAME = "_core_target_sample"  # a leading "_" keeps it out of TFMA's output
+
+
+class _Sample:
+    """Labels and predictions of one slice; float64 lists."""
+
+    __slots__ = ("labels", "predictions")
+
+    def __init__(self):
+        self.labels: list[float] = []
+        self.predictions: list[float] = []
+
+
+class _SampleCombiner(beam.CombineFn):
+    """Gathers the (label, prediction) pairs of the rows in the sample space."""
+
+    def __init__(self, key: metric_types.MetricKey, eval_config, example_weighted: bool):
+        self._key = key
+        self._eval_config = eval_config
+        self._example_weighted = example_weighted
+
+    def create_accumulator(self) -> _Sample:
+        return _Sample()
+
+    def add_input(self, accumulator: _Sample, element) -> _Sample:
+        for label, prediction, weight in metric_util.to_label_prediction_example_weight(
+                element, eval_config=self._eval_config, model_name=self._key.model_name,
+                output_name=self._key.output_name, example_weighted=self._example_weighted,
+                flatten=False):
+            label = np.asarray(label, dtype=np.float64).ravel()
+            prediction = np.asarray(prediction, dtype=np.float64).ravel()
+            keep = np.broadcast_to(np.asarray(weight, dtype=np.float64).ravel(), label.shape) != 0
+            accumulator.labels.extend(label[keep].tolist())
+            accumulator.predictions.extend(prediction[keep].tolist())
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[_Sample]) -> _Sample:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for other in accumulators:
+            merged.labels.extend(other.labels)
+            merged.predictions.extend(other.predictions)
+        return merged
+
+    def extract_output(self, accumulator: _Sample) -> dict:
+        return {self._key: (np.asarray(accumulator.labels, dtype=np.float64),
+                            np.asarray(accumulator.predictions, dtype=np.float64))}
+
+
+class _SampleMetric(metric_types.Metric):
+    """Base: a metric computed by `FUNCTION(labels, predictions)` on the gathered pairs."""
+
+    NAME = ""
+    FUNCTION: Callable[[np.ndarray, np.ndarray], float]
+
+    def __init__(self, name: str | None = None):
+        super().__init__(metric_util.merge_per_key_computations(self._computations),
+                         name=name or self.NAME)
+
+    def _computations(self, name: str, eval_config=None, model_name: str = "",
+                      output_name: str = "", sub_key=None, example_weighted: bool = False):
+        def key(metric_name):
+            return metric_types.MetricKey(name=metric_name, model_name=model_name,
+                                          output_name=output_name, sub_key=sub_key,
+                                          example_weighted=example_weighted)
+
+        sample_key, metric_key = key(_SAMPLE_NAME), key(name)
+        function = type(self).FUNCTION
+
+        def result(values):
+            labels, predictions = values[sample_key]
+            return {metric_key: function(labels, predictions)}
+
+        return [metric_types.MetricComputation(
+                    keys=[sample_key], preprocessors=None,
+                    combiner=_SampleCombiner(sample_key, eval_config, example_weighted)),
+                metric_types.DerivedMetricComputation(keys=[metric_key], result=result)]
+
+
+class MeanSquaredErrorOnSample(_SampleMetric):
+    NAME = "mse"
+    FUNCTION = staticmethod(numpy_metrics.mse)
+
+
+class MeanAbsoluteErrorOnSample(_SampleMetric):
+    NAME = "mae"
+    FUNCTION = staticmethod(numpy_metrics.mae)
+
+
+class NRMSE(_SampleMetric):
+    NAME = "nrmse"
+    FUNCTION = staticmethod(numpy_metrics.nrmse)
+
+
+class NMAE(_SampleMetric):
+    NAME = "nmae"
+    FUNCTION = staticmethod(numpy_metrics.nmae)
+
+
+class NormalizedGini(_SampleMetric):
+    NAME = "normalized_gini"
+    FUNCTION = staticmethod(numpy_metrics.normalized_gini)
+
+
+class Spearman(_SampleMetric):
+    NAME = "spearman"
+    FUNCTION = staticmethod(numpy_metrics.spearman)
+
+
+CORE_TARGET_METRICS = (MeanSquaredErrorOnSample, MeanAbsoluteErrorOnSample, NRMSE, NMAE,
+                       NormalizedGini, Spearman)
+
+for _metric in CORE_TARGET_METRICS:
+    metric_types.register_metric(_metric)
