@@ -26,6 +26,7 @@ import tensorflow as tf
 SPEC_ASSET = "dataset_spec.json"
 EXAMPLES_INPUT = "examples"
 EVAL_SIGNATURE = "evaluation"
+PROBABILITY_EPSILON = 1e-6
 
 
 class ServingModule(tf.Module):
@@ -59,10 +60,11 @@ class ServingModule(tf.Module):
         for output in self._evaluation_outputs:
             value = outputs[output.prediction]
             if output.divide_by:
-                # P(step | previous) = P(step) / P(previous); clipped because models with
-                # independent marginal towers can predict P(step) > P(previous).
-                value = tf.clip_by_value(
-                    tf.math.divide_no_nan(value, outputs[output.divide_by]), 0.0, 1.0)
+                # P(step | previous) = P(step) / P(previous), kept inside (0, 1): models with
+                # independent marginal towers can predict P(step) > P(previous), and log loss
+                # is undefined at exactly 0 or 1.
+                value = tf.clip_by_value(tf.math.divide_no_nan(value, outputs[output.divide_by]),
+                                         PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
             result[output.name] = value
         return {key: tf.identity(value, name=key) for key, value in result.items()}
 

@@ -90,13 +90,27 @@ def test_synthetic_run_blesses_and_pushes(synthetic_run):
         assert f"] {component} done in" in first.stderr
 
 
-def test_second_identical_run_is_fully_cached(synthetic_run):
-    _, args, _ = synthetic_run
+def components_done(stderr):
+    """{component: cached?} from the progress lines; the resolver is a lookup, not a component."""
+    done = [l for l in stderr.splitlines() if " done in " in l]
+    return {l.split("] ")[1].split(" done in")[0]: l.endswith("(cached)") for l in done
+            if "LatestBlessedModelResolver" not in l}
+
+
+def test_rerunning_an_unchanged_pipeline_pushes_nothing_new(synthetic_run):
+    root, args, _ = synthetic_run
     second = cli(*args)
-    done = [l for l in second.stderr.splitlines() if " done in " in l]
-    assert len(done) == 9
-    assert all(l.endswith("(cached)") for l in done), done
+    # The model blessed by the first run is now its own baseline: the Evaluator runs
+    # once more and blesses it; the Pusher sees that version already serving.
+    assert "blessed; already serving as" in second.stdout, second.stdout
+    assert len(glob.glob(str(root / "serving" / "shared_bottom" / "*" / "saved_model.pb"))) == 1
+    cached = components_done(second.stderr)
+    assert len(cached) == 9
+    assert [c for c, hit in cached.items() if not hit] == ["Evaluator", "Pusher"]
     assert "reused" in second.stderr
+    third = cli(*args)
+    assert all(components_done(third.stderr).values()), third.stderr
+    assert "blessed; already serving as" in third.stdout
 
 
 def test_served_predictions_match_in_process_model(synthetic_run, tmp_path):
@@ -218,3 +232,111 @@ def test_model_that_does_not_fit_the_chain_fails_before_any_work(tmp_path):
               check=False)
     assert bad.stderr.strip().splitlines()[-1].startswith(
         "error: unknown hyper-parameter(s) ['depth'] for SharedBottomHParams")
+
+
+# These run last on the synthetic run: they add a refused candidate to it.
+def test_degraded_candidate_is_refused_and_not_pushed(synthetic_run):
+    """Three training steps: far worse than the blessed model, on the same eval rows."""
+    root, args, _ = synthetic_run
+    degraded = list(args) + ["--min-auc", "0"]
+    degraded[degraded.index("--train-steps") + 1] = "3"
+    result = cli(*degraded)
+    lines = result.stdout.splitlines()
+    refused = lines.index("NOT blessed, nothing pushed:")
+    reasons = lines[refused + 1:]
+    assert any(r.startswith("  - click_prob auc changed by -") and
+               r.endswith("against the latest blessed model on slice Overall; "
+                          "the gate allows at least -0.02") for r in reasons), reasons
+    assert "blessed; pushed" not in result.stdout
+    versions = glob.glob(str(root / "serving" / "shared_bottom" / "*" / "saved_model.pb"))
+    assert len(versions) == 1
+    # The Trainer and Evaluator ran again; the Pusher ran and decided not to push.
+    assert "] Trainer done in" in result.stderr and "] Evaluator done in" in result.stderr
+
+
+def eval_split(pipeline_root):
+    """The eval split the Evaluator read: serialized examples and their parsed columns."""
+    files = glob.glob(f"{latest(f'{pipeline_root}/ImportExampleGen/examples/*')}/Split-eval/*")
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    columns = {}
+    for record in serialized:
+        example = tf.train.Example.FromString(record)
+        for name, feature in example.features.feature.items():
+            kind = feature.WhichOneof("kind")
+            value = getattr(feature, kind).value[0] if getattr(feature, kind).value else None
+            columns.setdefault(name, []).append(value.decode() if isinstance(value, bytes) else value)
+    return np.array(serialized), {k: np.array(v) for k, v in columns.items()}
+
+
+def test_tfma_numbers_equal_numpy_on_the_eval_split(synthetic_run):
+    """The refused candidate's evaluation, recomputed from its SavedModel and the raw eval rows."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from test_tfma_metrics import reference
+    from tfx_pipeline import results
+
+    root, _, _ = synthetic_run
+    metadata = str(root / "pipeline" / "metadata.sqlite")
+    outcome = results.last_run_outcome(metadata)
+    candidate, baseline = results.evaluated_models(metadata, outcome.evaluation_uri)
+    assert baseline is not None and outcome.blessed is False
+    serialized, columns = eval_split(str(root / "pipeline"))
+    signature = tf.saved_model.load(f"{candidate}/Format-Serving").signatures["evaluation"]
+    predicted = {k: v.numpy() for k, v in signature(examples=tf.constant(serialized)).items()}
+    reported = {(m.slice_key, m.output, m.metric): m.value
+                for m in results.read_metrics(outcome.evaluation_uri)
+                if m.model == "candidate" and not m.is_diff}
+
+    def check(slice_key, rows):
+        clicked, converted = rows & (columns["click"] == 1), rows & (columns["conversion"] == 1)
+        expected = {
+            ("click_prob", "auc"): roc_auc_score(columns["click"][rows], predicted["click_prob"][rows]),
+            ("conversion_prob", "auc"): roc_auc_score(columns["conversion"][rows],
+                                                      predicted["conversion_prob"][rows]),
+            ("conversion_prob_given_click", "auc"): roc_auc_score(
+                columns["conversion"][clicked], predicted["conversion_prob_given_click"][clicked]),
+            ("conversion_prob_given_click", "example_count"): clicked.sum(),
+            ("conversion_prob_given_click", "binary_crossentropy"): log_loss(
+                columns["conversion"][clicked], predicted["conversion_prob_given_click"][clicked]),
+            ("click_prob", "calibration"): predicted["click_prob"][rows].sum()
+                                            / columns["click"][rows].sum(),
+            ("revenue_pred_given_conversion", "example_count"): converted.sum(),
+        }
+        for name in ("mse", "mae", "nrmse", "nmae", "normalized_gini", "spearman"):
+            expected[("revenue_pred", name)] = reference(
+                name, columns["revenue"][rows], predicted["revenue_pred"][rows])
+            expected[("revenue_pred_given_conversion", name)] = reference(
+                name, columns["revenue"][converted], predicted["revenue_pred"][converted])
+        for (output, metric), value in expected.items():
+            # TFMA's AUC integrates a 10,000-bucket histogram: exact to about 1e-3.
+            tolerance = 2e-3 if metric == "auc" else 1e-4
+            assert reported[(slice_key, output, metric)] == pytest.approx(value, rel=tolerance), \
+                (slice_key, output, metric)
+
+    check((), np.ones(len(serialized), bool))
+    check((("device", "mobile"),), columns["device"] == "mobile")
+
+
+def test_report_renders_offline_from_the_run(synthetic_run, tmp_path):
+    import base64
+    import re
+
+    root, _, _ = synthetic_run
+    cli("-m", "tfx_pipeline", "report", "--pipeline-root", str(root / "pipeline"),
+        "--output", str(tmp_path / "report"))
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Not blessed, not pushed." in page
+    assert "click_prob auc changed by -" in page
+    for output in ("click_prob", "conversion_prob_given_click", "revenue_pred_given_conversion"):
+        assert f"<td>{output}</td>" in page
+    assert "rows where click = 1" in page
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    names = [name for name, _ in images]
+    assert names[:2] == ["comparison.png", "calibration.png"]
+    assert "slice_device.png" in names and "slice_device_x_user_segment.png" in names
+    for name, encoded in images:
+        png = base64.b64decode(encoded)
+        assert png.startswith(b"\x89PNG"), name
+        assert (tmp_path / "report" / name).read_bytes() == png
+    # Opens offline: nothing is fetched from elsewhere.
+    assert not re.search(r'(src|href)="(https?:)?//', page)

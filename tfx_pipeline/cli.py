@@ -1,4 +1,4 @@
-"""Command line: `python -m tfx_pipeline {run,compile} ...` (see --help)."""
+"""Command line: `python -m tfx_pipeline {run,compile,report} ...` (see --help)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,13 @@ def _add_model_args(parser):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-auc", type=float, default=0.55,
-                        help="bless only if every binary step's AUC on eval exceeds this")
+                        help="bless only if every binary step's AUC on eval (all rows) is at "
+                             "least this")
+    parser.add_argument("--max-auc-drop", type=float, default=0.02,
+                        help="bless only if no step's AUC falls more than this below the latest "
+                             "blessed model's")
+    parser.add_argument("--max-gini-drop", type=float, default=0.05,
+                        help="the same for the core target's normalised Gini")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,10 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/pipelines")
     compile_.add_argument("--serving-dir", default="gs://YOUR_BUCKET/serving")
     compile_.add_argument("--image", default=DEFAULT_IMAGE, help="container image of the pipeline")
+
+    report = commands.add_parser("report", help="render the latest evaluation as an HTML page")
+    report.add_argument("--pipeline-root", required=True, help="a pipeline root of `run`")
+    report.add_argument("--output", help="directory for index.html and PNGs "
+                                         "(default: <pipeline root>/report)")
     return parser
 
 
 def _config(args, examples_dir: str, spec, pipeline_root: str):
+    from tfx_pipeline.eval_config import Gates
     from tfx_pipeline.pipeline import PipelineConfig
 
     return PipelineConfig(
@@ -107,7 +119,8 @@ def _config(args, examples_dir: str, spec, pipeline_root: str):
         else args.serving_dir,
         hparams=parse_hparams(args.hparams), train_steps=args.train_steps,
         eval_steps=args.eval_steps, batch_size=args.batch_size, seed=args.seed,
-        min_auc=args.min_auc, beam_args=tuple(getattr(args, "beam_args", "").split()),
+        gates=Gates(args.min_auc, args.max_auc_drop, args.max_gini_drop),
+        beam_args=tuple(getattr(args, "beam_args", "").split()),
         code_fingerprint=code_fingerprint(),
         schema_path=os.path.abspath(args.schema) if getattr(args, "schema", None) else None)
 
@@ -153,11 +166,13 @@ def command_run(args) -> int:
         for output, metrics in sorted(results.overall_metrics(outcome.evaluation_uri).items()):
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
             print(f"eval {output}: {shown}")
-    if outcome.blessed:
+    if outcome.blessed and outcome.already_serving:
+        print(f"blessed; already serving as {outcome.pushed_destination} (not pushed again)")
+    elif outcome.blessed:
         print(f"blessed; pushed to {outcome.pushed_destination}")
     else:
-        reasons = "; ".join(outcome.failed_thresholds) or "see the Evaluator output"
-        print(f"NOT blessed, nothing pushed: {reasons}")
+        reasons = outcome.failed_thresholds or ("see the Evaluator output",)
+        print("NOT blessed, nothing pushed:\n" + "\n".join(f"  - {r}" for r in reasons))
     print(f"finished in {time.monotonic() - started:.0f} s; artifacts in {pipeline_root}",
           file=sys.stderr)
     return 0
@@ -180,10 +195,17 @@ def command_compile(args) -> int:
     return 0
 
 
+def command_report(args) -> int:
+    from tfx_pipeline import report
+
+    return report.command_report(args)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": command_run, "compile": command_compile}[args.command](args)
+        commands = {"run": command_run, "compile": command_compile, "report": command_report}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1,47 +1,110 @@
 """Builds the TFMA EvalConfig from the dataset spec (never written by hand).
 
-Every binary step gets AUC, log loss, mean label/prediction and example count
-on its marginal output; the core target gets MSE and MAE. A lower bound on each
-step's AUC decides the blessing.
+TFMA reads the SavedModel's `evaluation` signature, whose outputs are listed by
+`TaskLayout.evaluation_outputs`: each is a prediction, a label and a sample
+space. A narrower sample space (CVR on clicked rows, revenue on converted
+rows) is an example weight: the 0/1 label of the step that selects the rows.
+
+  binary outputs      example_count, auc, binary_cross_entropy, calibration
+                      (mean prediction / mean label), mean_label,
+                      mean_prediction, and a calibration plot
+  regression outputs  example_count, mse, mae, nrmse, nmae, normalized_gini,
+                      spearman (tfx_pipeline.tfma_metrics), mean_label,
+                      mean_prediction
+
+Every output is sliced by the spec's slices (crosses included). `Gates`
+decides the blessing; gates look at the overall slice only, where the counts
+are large enough to tell a worse model from noise.
 """
 
 from __future__ import annotations
 
-import tensorflow_model_analysis as tfma
+import dataclasses
+
 from tensorflow_model_analysis.proto import config_pb2
 
-from keras_models.layout import pred_key, prob_key
+from keras_models.layout import EvalOutput
+from serving.export import EVAL_SIGNATURE
+from tfx_pipeline.trainer import task_layout_for
 from transform.spec import DatasetSpec
 
-BINARY_METRICS = ("ExampleCount", "AUC", "BinaryCrossEntropy", "MeanLabel", "MeanPrediction")
-REGRESSION_METRICS = ("ExampleCount", "MeanSquaredError", "MeanAbsoluteError", "MeanLabel",
-                      "MeanPrediction")
+CUSTOM_METRICS_MODULE = "tfx_pipeline.tfma_metrics"
+BINARY_METRICS = ("ExampleCount", "AUC", "BinaryCrossEntropy", "Calibration", "MeanLabel",
+                  "MeanPrediction")
+REGRESSION_METRICS = ("MeanSquaredErrorOnSample", "MeanAbsoluteErrorOnSample", "NRMSE", "NMAE",
+                      "NormalizedGini", "Spearman")
+CALIBRATION_BUCKETS = 1000   # fine buckets; the report merges them into equal-count bins
 
 
-def build_eval_config(spec: DatasetSpec, min_auc: float = 0.5) -> tfma.EvalConfig:
-    chain = spec.chain
-    label_keys = {prob_key(step): step for step in chain.steps}
-    if chain.core_target:
-        label_keys[pred_key(chain.core_target)] = chain.core_target
-    # The gate looks at the overall slice only: small slices are too noisy to veto a model.
-    auc_gate = [config_pb2.PerSliceMetricThreshold(
-        slicing_specs=[tfma.SlicingSpec()],
-        threshold=tfma.MetricThreshold(
-            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc})))]
-    metrics_specs = []
-    for step in chain.steps:
-        metrics_specs.append(tfma.MetricsSpec(
-            output_names=[prob_key(step)],
-            metrics=[tfma.MetricConfig(class_name=name,
-                                       per_slice_thresholds=auc_gate if name == "AUC" else None)
-                     for name in BINARY_METRICS]))
-    if chain.core_target:
-        metrics_specs.append(tfma.MetricsSpec(
-            output_names=[pred_key(chain.core_target)],
-            metrics=[tfma.MetricConfig(class_name=name) for name in REGRESSION_METRICS]))
-    slicing_specs = [tfma.SlicingSpec()]
-    slicing_specs += [tfma.SlicingSpec(feature_keys=list(cross)) for cross in spec.slices]
-    return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys=label_keys)],
-        slicing_specs=slicing_specs,
-        metrics_specs=metrics_specs)
+@dataclasses.dataclass(frozen=True)
+class Gates:
+    """What a candidate must reach to be blessed (and pushed).
+
+    Attributes:
+      min_auc: lower bound on each step's AUC on all rows.
+      max_auc_drop: how far each step's AUC on all rows may fall below the latest
+        blessed model's on the same evaluation data.
+      max_gini_drop: the same for the core target's normalised Gini on all rows.
+    The change gates apply from the second blessed run on; the first run has
+    no baseline and is judged by the absolute gate alone.
+    """
+
+    min_auc: float = 0.55
+    max_auc_drop: float = 0.02
+    max_gini_drop: float = 0.05
+
+
+def _overall(threshold: config_pb2.MetricThreshold) -> list:
+    return [config_pb2.PerSliceMetricThreshold(slicing_specs=[config_pb2.SlicingSpec()],
+                                               threshold=threshold)]
+
+
+def _no_worse_than_baseline(by: float) -> config_pb2.GenericChangeThreshold:
+    return config_pb2.GenericChangeThreshold(direction=config_pb2.MetricDirection.HIGHER_IS_BETTER,
+                                       absolute={"value": -by})
+
+
+def _thresholds(output: EvalOutput, metric: str, gates: Gates):
+    """Per-slice thresholds for one metric of one output, or None."""
+    if output.condition:
+        return None
+    if metric == "AUC":
+        return _overall(config_pb2.MetricThreshold(
+            value_threshold=config_pb2.GenericValueThreshold(lower_bound={"value": gates.min_auc}),
+            change_threshold=_no_worse_than_baseline(gates.max_auc_drop)))
+    if metric == "NormalizedGini":
+        return _overall(config_pb2.MetricThreshold(
+            change_threshold=_no_worse_than_baseline(gates.max_gini_drop)))
+    return None
+
+
+def _metrics_spec(output: EvalOutput, gates: Gates) -> config_pb2.MetricsSpec:
+    if output.kind == "binary":
+        metrics = [config_pb2.MetricConfig(class_name=name,
+                                     per_slice_thresholds=_thresholds(output, name, gates))
+                   for name in BINARY_METRICS]
+        metrics.append(config_pb2.MetricConfig(class_name="CalibrationPlot",
+                                         config=f'"num_buckets": {CALIBRATION_BUCKETS}'))
+    else:
+        metrics = [config_pb2.MetricConfig(class_name="ExampleCount")]
+        metrics += [config_pb2.MetricConfig(class_name=name, module=CUSTOM_METRICS_MODULE,
+                                      per_slice_thresholds=_thresholds(output, name, gates))
+                    for name in REGRESSION_METRICS]
+        metrics += [config_pb2.MetricConfig(class_name=name) for name in ("MeanLabel", "MeanPrediction")]
+    # The weight of a conditional output is the 0/1 label that selects its rows.
+    weights = config_pb2.ExampleWeightOptions(weighted=bool(output.condition),
+                                        unweighted=not output.condition)
+    return config_pb2.MetricsSpec(output_names=[output.name], metrics=metrics, example_weights=weights)
+
+
+def build_eval_config(spec: DatasetSpec, gates: Gates = Gates()) -> config_pb2.EvalConfig:
+    layout = task_layout_for(spec)
+    outputs = layout.evaluation_outputs
+    model_spec = config_pb2.ModelSpec(
+        signature_name=EVAL_SIGNATURE,
+        label_keys={o.name: o.label for o in outputs},
+        example_weight_keys={o.name: o.condition for o in outputs if o.condition})
+    slicing_specs = [config_pb2.SlicingSpec()]
+    slicing_specs += [config_pb2.SlicingSpec(feature_keys=list(cross)) for cross in spec.slices]
+    return config_pb2.EvalConfig(model_specs=[model_spec], slicing_specs=slicing_specs,
+                           metrics_specs=[_metrics_spec(o, gates) for o in outputs])

@@ -2,6 +2,9 @@
 
 ImportExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomaliesGate
   -> Transform -> Trainer -> Evaluator -> Pusher
+The Evaluator also reads the latest blessed model (a Resolver node,
+LatestBlessedModelStrategy) as the baseline for the change gates, and the
+Pusher does not push a model that is already serving (tfx_pipeline.push).
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import os
 from typing import Mapping, Sequence
 
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from tfx_pipeline.anomalies_gate import AnomaliesGate
-from tfx_pipeline.eval_config import build_eval_config
+from tfx_pipeline.eval_config import Gates, build_eval_config
+from tfx_pipeline.push import IdempotentPusherExecutor
 from transform.spec import DatasetSpec
 
 PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
@@ -36,7 +41,7 @@ class PipelineConfig:
     eval_steps: int = 100
     batch_size: int = 256
     seed: int = 0
-    min_auc: float = 0.5
+    gates: Gates = Gates()
     beam_args: Sequence[str] = ()
     code_fingerprint: str = ""   # part of custom_config so code changes invalidate the cache
     schema_path: str | None = None  # a curated schema.pbtxt; None infers one with SchemaGen
@@ -88,15 +93,22 @@ def create_components(config: PipelineConfig) -> list:
         custom_config={"spec": spec_json, "model": config.model_name,
                        "hparams": dict(config.hparams), "batch_size": config.batch_size,
                        "seed": config.seed, "code": config.code_fingerprint})
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        eval_config=build_eval_config(config.spec, config.min_auc))
+        baseline_model=baseline.outputs["model"],
+        eval_config=build_eval_config(config.spec, config.gates))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        custom_executor_spec=executor_spec.ExecutorClassSpec(IdempotentPusherExecutor),
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_base)))
     return [example_gen, statistics_gen, schema_gen, example_validator, gate, transform,
-            trainer, evaluator, pusher]
+            trainer, baseline, evaluator, pusher]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
