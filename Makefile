@@ -12,9 +12,11 @@ setup:
 	scripts/setup.sh
 
 # The main job on the built-in default data: the synthetic funnel through the
-# whole pipeline, then predictions from the pushed SavedModel for a few raw rows.
+# whole pipeline, its evaluation report, then predictions from the pushed SavedModel
+# for a few raw rows.
 demo: setup
 	$(RUN) python -m tfx_pipeline run --dataset synthetic --pipeline-root $(DEMO_ROOT) --serving-dir $(DEMO_SERVING)
+	$(RUN) python -m tfx_pipeline report --pipeline-root $(DEMO_ROOT)
 	$(RUN) python -m transform.datasets.synthetic --rows 5 --sample-seed 99 --output $(DEMO_ROOT)/sample_rows.csv
 	$(RUN) python -m serving.predict --model-dir $(DEMO_SERVING)/shared_bottom --csv $(DEMO_ROOT)/sample_rows.csv
 

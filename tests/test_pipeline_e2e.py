@@ -190,6 +190,29 @@ def test_hillstrom_end_to_end(hillstrom_csv, tmp_path):
     assert np.unique(np.round(served["visit_prob"], 6)).size > 20
     assert ((served["conversion_prob"] > 0) & (served["conversion_prob"] < served["visit_prob"].max())).all()
     assert (served["spend_pred"] >= 0).all()
+    assert_hillstrom_slices(str(tmp_path / "pipeline"), hillstrom_csv)
+
+
+def assert_hillstrom_slices(pipeline_root, hillstrom_csv):
+    """Every Hillstrom slice of the spec is evaluated; the cross partitions the eval rows."""
+    from tfx_pipeline import report
+
+    evaluation = report.load_evaluation(pipeline_root)
+    overall = {(m.output, m.metric): m.value for m in evaluation.metrics if m.slice_key == ()}
+    rows = overall[("visit_prob", "example_count")]
+    visits = overall[("conversion_prob_given_visit", "example_count")]
+    assert visits == pytest.approx(rows * overall[("visit_prob", "mean_label")])
+    for columns in (("treatment",), ("channel",), ("zip_code",), ("newbie",),
+                    ("history_segment",), ("treatment", "channel")):
+        table = report.slice_table(evaluation, columns)
+        counts = [m["example_count"] for m in table["visit_prob"].values()]
+        assert sum(counts) == rows, columns
+        visited = [m["example_count"] for m in table["conversion_prob_given_visit"].values()]
+        assert sum(visited) == visits, columns
+    cross = report.slice_table(evaluation, ("treatment", "channel"))["visit_prob"]
+    data = pd.read_csv(hillstrom_csv)
+    expected = {f"{t} x {c}" for t, c in zip(data["treatment"], data["channel"])}
+    assert set(cross) == expected and len(expected) == 9
 
 
 def test_compile_writes_a_kubeflow_v2_spec(tmp_path):
@@ -265,7 +288,8 @@ def eval_split(pipeline_root):
             kind = feature.WhichOneof("kind")
             value = getattr(feature, kind).value[0] if getattr(feature, kind).value else None
             columns.setdefault(name, []).append(value.decode() if isinstance(value, bytes) else value)
-    return np.array(serialized), {k: np.array(v) for k, v in columns.items()}
+    # dtype=object: a fixed-width bytes array would strip trailing NUL bytes off records.
+    return np.array(serialized, dtype=object), {k: np.array(v) for k, v in columns.items()}
 
 
 def test_tfma_numbers_equal_numpy_on_the_eval_split(synthetic_run):
@@ -282,7 +306,7 @@ def test_tfma_numbers_equal_numpy_on_the_eval_split(synthetic_run):
     assert baseline is not None and outcome.blessed is False
     serialized, columns = eval_split(str(root / "pipeline"))
     signature = tf.saved_model.load(f"{candidate}/Format-Serving").signatures["evaluation"]
-    predicted = {k: v.numpy() for k, v in signature(examples=tf.constant(serialized)).items()}
+    predicted = {k: v.numpy() for k, v in signature(examples=tf.constant(list(serialized))).items()}
     reported = {(m.slice_key, m.output, m.metric): m.value
                 for m in results.read_metrics(outcome.evaluation_uri)
                 if m.model == "candidate" and not m.is_diff}

@@ -191,35 +191,48 @@ def comparison(evaluation: Evaluation) -> tuple[str, bytes | None]:
     return table, _png(figure)
 
 
+def slice_table(evaluation: Evaluation, columns: tuple[str, ...]) -> dict:
+    """The candidate's metrics on each slice of `columns`: {output: {"v1 x v2": {metric: value}}}.
+
+    TFMA orders a cross's columns by name; the values are joined in the order of `columns`.
+    """
+    table = defaultdict(dict)
+    for m in evaluation.metrics:
+        if not (_is_candidate(m.model) and not m.is_diff and m.slice_key):
+            continue
+        values = dict(m.slice_key)
+        if len(values) == len(columns) and set(values) == set(columns):
+            name = " x ".join(str(values[c]) for c in columns)
+            table[m.output].setdefault(name, {})[m.metric] = m.value
+    return table
+
+
 def slice_bars(evaluation: Evaluation, columns: tuple[str, ...]) -> bytes:
     """One panel per output: the headline metric per value of `columns`, with counts."""
     import matplotlib.pyplot as plt
 
-    by_output = defaultdict(dict)
-    for m in evaluation.metrics:
-        if (_is_candidate(m.model) and not m.is_diff and m.slice_key
-                and tuple(c for c, _ in m.slice_key) == columns):
-            value = " x ".join(str(v) for _, v in m.slice_key)
-            by_output[m.output].setdefault(value, {})[m.metric] = m.value
+    by_output = slice_table(evaluation, columns)
     outputs = [o for o in evaluation.outputs if o.name in by_output]
-    figure, axes = plt.subplots(1, max(1, len(outputs)), squeeze=False,
-                                figsize=(3.4 * max(1, len(outputs)), 1.2 + 0.28 * MAX_SLICE_BARS / 3))
+    counts = defaultdict(float)   # the same slice values, in the same rows, on every panel
+    for entries in by_output.values():
+        for name, metrics in entries.items():
+            counts[name] = max(counts[name], metrics.get("example_count", 0))
+    names = sorted(sorted(counts, key=lambda n: -counts[n])[:MAX_SLICE_BARS])
+    figure, axes = plt.subplots(1, max(1, len(outputs)), squeeze=False, sharey=True,
+                                figsize=(2.2 + 2.6 * max(1, len(outputs)), 1.2 + 0.3 * len(names)))
     for axis, output in zip(axes[0], outputs):
         metric = HEADLINE[output.kind]
-        entries = sorted(by_output[output.name].items(),
-                         key=lambda item: -item[1].get("example_count", 0))[:MAX_SLICE_BARS]
-        entries.sort(key=lambda item: item[0])
-        names = [name for name, _ in entries]
-        raw = [e.get(metric, np.nan) for _, e in entries]
+        entries = [by_output[output.name].get(name, {}) for name in names]
+        raw = np.array([e.get(metric, np.nan) for e in entries], dtype=float)
         values = np.nan_to_num(raw)   # undefined (e.g. one class only): no bar, marked n/a
         axis.barh(names, values, color="tab:blue")
-        for row, (_, e) in enumerate(entries):
+        for row, entry in enumerate(entries):
             note = " (n/a)" if np.isnan(raw[row]) else ""
-            axis.text(0, row, f" n={e.get('example_count', 0):,.0f}{note}", va="center",
+            axis.text(0, row, f" n={entry.get('example_count', 0):,.0f}{note}", va="center",
                       fontsize=7, color="white" if values[row] > 0.25 else "black")
         axis.set_title(f"{output.name}\n{metric} ({_sample_space(output)})", fontsize=8)
         axis.tick_params(labelsize=7)
-    figure.suptitle(f"by {' x '.join(columns)}", fontsize=10, y=1.06)
+    figure.suptitle(f"by {' x '.join(columns)}", fontsize=10, y=1.02)
     return _png(figure)
 
 
