@@ -2,19 +2,28 @@
 
 The Transform graph's layer is a tf_keras layer and cannot live inside a
 Keras 3 model, so both are held by a `tf.Module` whose `tf.function`
-signatures chain them:
+signatures chain them. Signatures (all inference-only, batch-major):
 
-  serving_default(examples: string (batch,)) -> {output name: (batch,)}
-      serialized tf.Example with raw feature values (no labels needed)
-      -> tf.io.parse_example -> Transform layer -> model (inference mode)
+  serving_default(examples: string (batch,)) -> {contract output: (batch,)}
+      serialized tf.Example with raw feature values (labels not needed)
+      -> tf.io.parse_example -> Transform layer -> model (training=False)
+  predict_raw(<feature>: (batch,) per raw feature) -> the same outputs
+      one tensor per raw feature (string, int64 or float32, as in the
+      schema), for REST/JSON callers who do not build tf.Examples
+  classify_<step>(inputs: string (batch,)) -> scores (batch, 2), classes (batch, 2)
+      for TF Serving's Classify API: classes "0"/"1", scores 1-p and p
+  regress_<target>(inputs: string (batch,)) -> outputs (batch,)
+      for TF Serving's Regress API: the core target on its original scale
+  evaluation(examples) -> contract outputs plus the evaluation outputs
+      (keras_models.layout.TaskLayout.evaluation_outputs) that TFMA reads
 
-  evaluation(examples) -> the same outputs plus the evaluation outputs
-      (keras_models.layout.TaskLayout.evaluation_outputs): conditional
-      probabilities and copies for narrower sample spaces, which TFMA reads.
+Contract outputs are keras_models.layout.TaskLayout.output_keys. The dataset
+spec is written to assets.extra/ so tools can build requests from raw rows.
 
-Only the contract outputs (see keras_models.layout) are returned by
-serving_default. The graph is inference-only: no training step, no optimizer. The dataset spec is written to
-assets.extra/ so tools can build requests from raw rows without the pipeline.
+TF 2's SavedModel writer marks every signature as a Predict signature; TF
+Serving's Classify and Regress APIs refuse those, so the method names of the
+classify/regress signatures are set in saved_model.pb after saving (and the
+fingerprint is written anew).
 """
 
 from __future__ import annotations
@@ -23,36 +32,86 @@ import os
 
 import tensorflow as tf
 
+from keras_models.layout import pred_key, prob_key
+
 SPEC_ASSET = "dataset_spec.json"
 EXAMPLES_INPUT = "examples"
+SERVING_SIGNATURE = "serving_default"
+RAW_SIGNATURE = "predict_raw"
 EVAL_SIGNATURE = "evaluation"
+CLASSIFY_INPUT = "inputs"           # TF Serving's fixed input name for Classify/Regress
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
 PROBABILITY_EPSILON = 1e-6
 
 
-class ServingModule(tf.Module):
-    """Raw tf.Examples in, named predictions out."""
+def classify_signature(step: str) -> str:
+    return f"classify_{step}"
 
-    def __init__(self, model, tft_output, feature_names, output_keys, evaluation_outputs=()):
+
+def regress_signature(target: str) -> str:
+    return f"regress_{target}"
+
+
+def _examples_spec(name: str) -> list:
+    return [tf.TensorSpec([None], tf.string, name=name)]
+
+
+class ServingModule(tf.Module):
+    """Raw features in (as tf.Examples or tensors), named predictions out."""
+
+    def __init__(self, model, tft_output, feature_names, evaluation_outputs=()):
         super().__init__()
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
         raw_spec = tft_output.raw_feature_spec()
         self._parse_spec = {name: raw_spec[name] for name in feature_names}
         self._model_inputs = tuple(model.input_layout.field_names)
-        self._output_keys = tuple(output_keys)
+        self._output_keys = tuple(model.task_layout.output_keys)
         self._evaluation_outputs = tuple(evaluation_outputs)
 
-    def _predict(self, examples):
-        raw = tf.io.parse_example(examples, self._parse_spec)
+    def _predict_raw(self, raw):
+        # Features parsed with a FixedLenFeature of shape [1] arrive as (batch, 1).
+        raw = {name: tf.reshape(value, [-1] + list(self._parse_spec[name].shape))
+               for name, value in raw.items()}
         transformed = self.tft_layer(raw)
         return self.model({k: transformed[k] for k in self._model_inputs}, training=False)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
-    def serve_examples(self, examples):
-        outputs = self._predict(examples)
+    def _predict(self, examples):
+        return self._predict_raw(tf.io.parse_example(examples, self._parse_spec))
+
+    def _contract(self, outputs) -> dict:
         return {key: tf.identity(outputs[key], name=key) for key in self._output_keys}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    @tf.function(input_signature=_examples_spec(EXAMPLES_INPUT))
+    def serve_examples(self, examples):
+        return self._contract(self._predict(examples))
+
+    def raw_function(self):
+        """predict_raw: one (batch,) tensor per raw feature."""
+        specs = {name: tf.TensorSpec([None], spec.dtype, name=name)
+                 for name, spec in self._parse_spec.items()}
+        return tf.function(lambda **raw: self._contract(self._predict_raw(raw))) \
+            .get_concrete_function(**specs)
+
+    def classify_function(self, step: str):
+        key = prob_key(step)
+
+        def classify(inputs):
+            probability = self._predict(inputs)[key]
+            scores = tf.stack([1.0 - probability, probability], axis=1)
+            classes = tf.broadcast_to(tf.constant([b"0", b"1"]), tf.shape(scores))
+            return {"scores": scores, "classes": classes}
+
+        return tf.function(classify, input_signature=_examples_spec(CLASSIFY_INPUT)) \
+            .get_concrete_function()
+
+    def regress_function(self, target: str):
+        key = pred_key(target)
+        return tf.function(lambda inputs: {"outputs": self._predict(inputs)[key]},
+                           input_signature=_examples_spec(CLASSIFY_INPUT)).get_concrete_function()
+
+    @tf.function(input_signature=_examples_spec(EXAMPLES_INPUT))
     def evaluate_examples(self, examples):
         """Contract outputs plus evaluation outputs, each of shape (batch,)."""
         outputs = self._predict(examples)
@@ -69,14 +128,41 @@ class ServingModule(tf.Module):
         return {key: tf.identity(value, name=key) for key, value in result.items()}
 
 
+def set_method_names(export_dir: str, methods: dict[str, str]) -> None:
+    """Sets signature method names in saved_model.pb and rewrites fingerprint.pb."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    path = os.path.join(export_dir, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        saved_model.ParseFromString(handle.read())
+    for meta_graph in saved_model.meta_graphs:
+        for name, method in methods.items():
+            meta_graph.signature_def[name].method_name = method
+    with tf.io.gfile.GFile(path, "wb") as handle:
+        handle.write(saved_model.SerializeToString())
+    with tf.io.gfile.GFile(os.path.join(export_dir, "fingerprint.pb"), "wb") as handle:
+        handle.write(fingerprinting.CreateFingerprintDef(export_dir))
+
+
 def export_serving_model(model, tft_output, spec, export_dir: str) -> str:
     """Writes the SavedModel to `export_dir`; returns the path."""
     layout = model.task_layout
-    module = ServingModule(model, tft_output, spec.feature_names, layout.output_keys,
-                           layout.evaluation_outputs)
-    signatures = {"serving_default": module.serve_examples.get_concrete_function(),
+    module = ServingModule(model, tft_output, spec.feature_names, layout.evaluation_outputs)
+    signatures = {SERVING_SIGNATURE: module.serve_examples.get_concrete_function(),
+                  RAW_SIGNATURE: module.raw_function(),
                   EVAL_SIGNATURE: module.evaluate_examples.get_concrete_function()}
+    methods = {}
+    for step in layout.steps:
+        signatures[classify_signature(step)] = module.classify_function(step)
+        methods[classify_signature(step)] = CLASSIFY_METHOD
+    if layout.core_target:
+        signatures[regress_signature(layout.core_target)] = module.regress_function(
+            layout.core_target)
+        methods[regress_signature(layout.core_target)] = REGRESS_METHOD
     tf.saved_model.save(module, export_dir, signatures=signatures)
+    set_method_names(export_dir, methods)
     extra = os.path.join(export_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, SPEC_ASSET), "w") as handle:

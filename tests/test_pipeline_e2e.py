@@ -86,7 +86,7 @@ def test_synthetic_run_blesses_and_pushes(synthetic_run):
     versions = glob.glob(str(root / "serving" / "shared_bottom" / "*" / "saved_model.pb"))
     assert len(versions) == 1
     for component in ("ImportExampleGen", "ExampleValidator", "AnomaliesGate", "Transform",
-                      "Trainer", "Evaluator", "Pusher"):
+                      "Trainer", "ServingWarmup", "Evaluator", "Pusher"):
         assert f"] {component} done in" in first.stderr
 
 
@@ -105,7 +105,7 @@ def test_rerunning_an_unchanged_pipeline_pushes_nothing_new(synthetic_run):
     assert "blessed; already serving as" in second.stdout, second.stdout
     assert len(glob.glob(str(root / "serving" / "shared_bottom" / "*" / "saved_model.pb"))) == 1
     cached = components_done(second.stderr)
-    assert len(cached) == 9
+    assert len(cached) == 10
     assert [c for c, hit in cached.items() if not hit] == ["Evaluator", "Pusher"]
     assert "reused" in second.stderr
     third = cli(*args)

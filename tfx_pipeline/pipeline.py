@@ -1,7 +1,9 @@
 """The pipeline definition: one `create_pipeline` that wires every component.
 
 ImportExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomaliesGate
-  -> Transform -> Trainer -> Evaluator -> Pusher
+  -> Transform -> Trainer -> ServingWarmup -> Evaluator -> Pusher
+ServingWarmup adds TF Serving warmup requests built from raw eval examples to
+a copy of the trained model; that copy is evaluated and pushed.
 The Evaluator also reads the latest blessed model (a Resolver node,
 LatestBlessedModelStrategy) as the baseline for the change gates, and the
 Pusher does not push a model that is already serving (tfx_pipeline.push).
@@ -20,6 +22,7 @@ from tfx.proto import example_gen_pb2
 from tfx_pipeline.anomalies_gate import AnomaliesGate
 from tfx_pipeline.eval_config import Gates, build_eval_config
 from tfx_pipeline.push import IdempotentPusherExecutor
+from tfx_pipeline.serving_warmup import ServingWarmup
 from transform.spec import DatasetSpec
 
 PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
@@ -93,22 +96,23 @@ def create_components(config: PipelineConfig) -> list:
         custom_config={"spec": spec_json, "model": config.model_name,
                        "hparams": dict(config.hparams), "batch_size": config.batch_size,
                        "seed": config.seed, "code": config.code_fingerprint})
+    warmup = ServingWarmup(model=trainer.outputs["model"], examples=example_gen.outputs["examples"])
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("LatestBlessedModelResolver")
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"], model=warmup.outputs["warm_model"],
         baseline_model=baseline.outputs["model"],
         eval_config=build_eval_config(config.spec, config.gates))
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model=warmup.outputs["warm_model"], model_blessing=evaluator.outputs["blessing"],
         custom_executor_spec=executor_spec.ExecutorClassSpec(IdempotentPusherExecutor),
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_base)))
     return [example_gen, statistics_gen, schema_gen, example_validator, gate, transform,
-            trainer, baseline, evaluator, pusher]
+            trainer, warmup, baseline, evaluator, pusher]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
