@@ -57,12 +57,22 @@ def _examples_spec(name: str) -> list:
     return [tf.TensorSpec([None], tf.string, name=name)]
 
 
+class _Untracked:
+    """Holds an object without tf.Module tracking it (and saving all it references)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class ServingModule(tf.Module):
     """Raw features in (as tf.Examples or tensors), named predictions out."""
 
     def __init__(self, model, tft_output, feature_names, evaluation_outputs=()):
         super().__init__()
-        self.model = model
+        # Only the model's variables are saved: tracking the Keras model itself would
+        # also save its optimizer (Adam's slots triple the size) into a serving model.
+        self._keras_model = _Untracked(model)
+        self.model_variables = list(model.variables)
         self.tft_layer = tft_output.transform_features_layer()
         raw_spec = tft_output.raw_feature_spec()
         self._parse_spec = {name: raw_spec[name] for name in feature_names}
@@ -75,7 +85,8 @@ class ServingModule(tf.Module):
         raw = {name: tf.reshape(value, [-1] + list(self._parse_spec[name].shape))
                for name, value in raw.items()}
         transformed = self.tft_layer(raw)
-        return self.model({k: transformed[k] for k in self._model_inputs}, training=False)
+        model = self._keras_model.value
+        return model({k: transformed[k] for k in self._model_inputs}, training=False)
 
     def _predict(self, examples):
         return self._predict_raw(tf.io.parse_example(examples, self._parse_spec))
