@@ -83,8 +83,11 @@ class ServingClient:
     def __post_init__(self):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+        # round_robin spreads calls over every address the target resolves to (a headless
+        # Kubernetes Service lists each ready pod); with one address it changes nothing.
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.lb_policy_name", "round_robin")]
         if self.tls_ca:
             with open(self.tls_ca, "rb") as handle:
                 credentials = grpc.ssl_channel_credentials(root_certificates=handle.read())

@@ -294,7 +294,7 @@ class LocalServer:
         self.watcher.stop()
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.local_server",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-name")
@@ -303,7 +303,11 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = LocalServer(model_configs(args), args.port, args.host,
                          args.file_system_poll_wait_seconds).start()

@@ -5,8 +5,9 @@ of `PredictionLog`s, at most 1000 records) before it marks a new version
 AVAILABLE, so the first real requests do not pay for graph initialisation
 and memory allocation. The requests here are built from real examples:
 
-  - serving_default at batch sizes 1, 8, 64 and 256 (each size the examples
-    allow), so the batch sizes clients and server-side batching send are warm;
+  - serving_default at batch size 1 and at each of server-side batching's
+    allowed batch sizes (serving/deploy/batching_parameters.txt) the examples
+    allow, so every shape the GPU will see is warm;
   - each classify_<step> and regress_<target> signature once, at batch 8.
 """
 
@@ -23,7 +24,7 @@ from serving.export import (CLASSIFY_METHOD, EXAMPLES_INPUT, REGRESS_METHOD, SER
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000              # TF Serving reads no more than this many
-PREDICT_BATCH_SIZES = (1, 8, 64, 256)
+PREDICT_BATCH_SIZES = (1, 8, 16, 32, 64, 128, 256)
 SIGNATURE_BATCH_SIZE = 8
 
 

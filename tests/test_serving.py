@@ -119,7 +119,7 @@ def test_warmup_requests_come_from_eval_data_and_replay(pushed):
     logs = warmup.read_warmup(str(base / "1"))
     assert 0 < len(logs) <= 1000
     predicts = [l.predict_log.request for l in logs if l.HasField("predict_log")]
-    assert [len(tf.make_ndarray(r.inputs["examples"])) for r in predicts] == [1, 8, 64, 256]
+    assert [len(tf.make_ndarray(r.inputs["examples"])) for r in predicts] == [1, 8, 16, 32, 64, 128, 256]
     assert {r.model_spec.signature_name for r in predicts} == {"serving_default"}
     classified = {l.classify_log.request.model_spec.signature_name for l in logs
                   if l.HasField("classify_log")}
