@@ -272,7 +272,8 @@ class LocalServer:
     """The gRPC server, its watcher and services; start(), then stop()."""
 
     def __init__(self, configs, port: int = 0, host: str = "127.0.0.1",
-                 poll_seconds: float = 1.0, workers: int = 8):
+                 poll_seconds: float = 1.0, workers: int = 8, tls: tuple[bytes, bytes] | None = None):
+        """`tls`: (PEM private key, PEM certificate chain) to serve over TLS; None for plain text."""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
@@ -281,7 +282,11 @@ class LocalServer:
             PredictionService(self.watcher), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.watcher),
                                                                   self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if tls:
+            credentials = grpc.ssl_server_credentials([tls])
+            self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
         self.address = f"{host}:{self.port}"
 
     def start(self) -> "LocalServer":
@@ -303,14 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0)
+    parser.add_argument("--ssl-key-file", help="PEM private key: serve over TLS")
+    parser.add_argument("--ssl-cert-file", help="PEM certificate chain for --ssl-key-file")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    tls = None
+    if args.ssl_key_file or args.ssl_cert_file:
+        if not (args.ssl_key_file and args.ssl_cert_file):
+            raise SystemExit("error: TLS needs both --ssl-key-file and --ssl-cert-file")
+        with open(args.ssl_key_file, "rb") as key, open(args.ssl_cert_file, "rb") as cert:
+            tls = (key.read(), cert.read())
     server = LocalServer(model_configs(args), args.port, args.host,
-                         args.file_system_poll_wait_seconds).start()
+                         args.file_system_poll_wait_seconds, tls=tls).start()
     print(f"serving on {server.address}", flush=True)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -299,6 +299,54 @@ def test_client_retries_until_the_server_comes_up(pushed):
             running.stop()
 
 
+def self_signed(tmp_path):
+    """A key and certificate for 127.0.0.1, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_file, cert_file = tmp_path / "server.key", tmp_path / "server.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+def test_tls_channel(pushed, tmp_path):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.local_server import LocalServer
+
+    base, _, examples = pushed
+    key_file, cert_file = self_signed(tmp_path)
+    config = model_server_config_pb2.ModelConfig(name=MODEL, base_path=str(base))
+    server = LocalServer([config], tls=(key_file.read_bytes(), cert_file.read_bytes())).start()
+    try:
+        with ServingClient(server.address, MODEL, tls_ca=str(cert_file)) as client:
+            assert client.predict(examples[:4])["score"].shape == (4,)
+        with pytest.raises(ServingError) as error:   # a plain-text client cannot talk to it
+            ServingClient(server.address, MODEL, retries=0, timeout=2).status()
+        assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+
+
 def test_sigterm_stops_the_server_cleanly(server):
     process, address = server
     process.send_signal(signal.SIGTERM)
