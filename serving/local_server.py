@@ -107,6 +107,14 @@ def _serialized_examples(request_input) -> list[bytes]:
     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
 
 
+def _fill_model_spec(spec, request, loaded: LoadedVersion, signature: str | None = None) -> None:
+    """A response's model_spec: the requested name, the version that answered."""
+    spec.name = request.model_spec.name
+    spec.version.value = loaded.version
+    if signature:
+        spec.signature_name = signature
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, watcher: Watcher):
         self.watcher = watcher
@@ -138,21 +146,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"output tensor alias not found in signature: {', '.join(missing)}")
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = name
+        _fill_model_spec(response.model_spec, request, loaded, name)
         for key in wanted:
             response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
         return response
 
-    def classify(self, request) -> classification_pb2.ClassificationResponse:
+    def _run_on_examples(self, request, method: str, response) -> dict:
+        """Classify/Regress: runs the signature on the request's tf.Examples."""
         loaded = _resolve(self.watcher, request.model_spec)
-        name, _, function = _signature(loaded, request.model_spec.signature_name, CLASSIFY_METHOD)
+        name, _, function = _signature(loaded, request.model_spec.signature_name, method)
         outputs = _call(function, {"inputs": tf.constant(_serialized_examples(request.input))})
+        _fill_model_spec(response.model_spec, request, loaded, name)
+        return outputs
+
+    def classify(self, request) -> classification_pb2.ClassificationResponse:
         response = classification_pb2.ClassificationResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = name
+        outputs = self._run_on_examples(request, CLASSIFY_METHOD, response)
         for classes, scores in zip(outputs["classes"], outputs["scores"]):
             row = response.result.classifications.add()
             for label, score in zip(classes, scores):
@@ -160,13 +169,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def regress(self, request) -> regression_pb2.RegressionResponse:
-        loaded = _resolve(self.watcher, request.model_spec)
-        name, _, function = _signature(loaded, request.model_spec.signature_name, REGRESS_METHOD)
-        outputs = _call(function, {"inputs": tf.constant(_serialized_examples(request.input))})
         response = regression_pb2.RegressionResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = name
+        outputs = self._run_on_examples(request, REGRESS_METHOD, response)
         for value in np.asarray(outputs["outputs"]).reshape(-1):
             response.result.regressions.add(value=float(value))
         return response
@@ -182,8 +186,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for key, definition in loaded.signature_defs.items():
             signature_map.signature_def[key].CopyFrom(definition)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = loaded.version
+        _fill_model_spec(response.model_spec, request, loaded)
         response.metadata["signature_def"].Pack(signature_map)
         return response
 
