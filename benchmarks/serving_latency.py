@@ -20,7 +20,7 @@ examples.
     scripts/run python benchmarks/serving_latency.py [--models shared_bottom,apem] [--calls 1000]
 
 Against real TF Serving on a GPU: export the models (this script writes them to
-<work dir>/models/<model>/1 with --keep), start
+<work dir>/models/<model>/1 and keeps them when --work-dir is given), start
 serving/deploy/docker-compose.yml with MODELS_DIR pointing there and a
 models.config listing them, and run with --target HOST:8500 to measure the
 server instead of the stand-in (batching parameters apply there, not here).
@@ -68,7 +68,10 @@ def newest(pattern: str) -> str:
 
 
 def export_models(root: str, models: list[str], out: str) -> None:
-    """Exports each (untrained) model with the run's Transform graph to out/<model>/1."""
+    """Exports each (untrained) model with the run's Transform graph to out/<model>/1.
+
+    Models already exported there are kept, so a server may serve them meanwhile.
+    """
     import tensorflow_transform as tft
 
     from keras_models import registry
@@ -79,6 +82,8 @@ def export_models(root: str, models: list[str], out: str) -> None:
     tft_output = tft.TFTransformOutput(newest(f"{root}/Transform/transform_graph/*"))
     spec = load_spec(newest(f"{root}/Trainer/model/*") + "/Format-Serving")
     for name in models:
+        if os.path.exists(os.path.join(out, name, "1", "saved_model.pb")):
+            continue   # exported by an earlier run with this --work-dir (and maybe being served)
         model = registry.build(name, input_layout_for(spec, tft_output), task_layout_for(spec))
         if spec.chain.core_target:
             model.adapt_target(np.random.default_rng(0).lognormal(3, 1, 1000).astype("float32"))
