@@ -239,11 +239,12 @@ def examples_from_csv(path: str, feature_types: dict[str, str]) -> list[bytes]:
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; the model needs "
                          f"{sorted(feature_types)}")
+    columns = {name: table[name].tolist() for name in feature_types}
     examples = []
     for row_index in range(len(table)):
         example = tf.train.Example()
         for name, kind in feature_types.items():
-            text = table[name].iloc[row_index]
+            text = columns[name][row_index]
             feature = example.features.feature[name]
             try:
                 if kind == "string":
