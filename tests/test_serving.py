@@ -196,28 +196,26 @@ def test_concurrent_requests_all_get_their_own_answers(pushed, server):
     assert not failures
 
 
-def raw_predict(address, request):
+def rejected(address, input_key: str, value: bytes) -> grpc.RpcError:
+    """The error of a raw Predict call with one input tensor `input_key` = [value]."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs[input_key].CopyFrom(tf.make_tensor_proto([value]))
     with grpc.insecure_channel(address) as channel:
-        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 10)
+        with pytest.raises(grpc.RpcError) as error:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 10)
+    return error.value
 
 
 def test_malformed_requests_get_invalid_argument_with_the_reason(server):
     _, address = server
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
-    request.inputs["examples"].CopyFrom(tf.make_tensor_proto([b"not a tf.Example"]))
-    with pytest.raises(grpc.RpcError) as error:
-        raw_predict(address, request)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "Could not parse example input" in error.value.details()
-    wrong_key = predict_pb2.PredictRequest()
-    wrong_key.model_spec.name = MODEL
-    wrong_key.inputs["rows"].CopyFrom(tf.make_tensor_proto([b""]))
-    with pytest.raises(grpc.RpcError) as error:
-        raw_predict(address, wrong_key)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.value.details() == ("input tensor alias not found in signature: rows. "
-                                     "Inputs expected to be in the set {examples}.")
+    garbage = rejected(address, "examples", b"not a tf.Example")
+    assert garbage.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Could not parse example input" in garbage.details()
+    wrong_key = rejected(address, "rows", b"")
+    assert wrong_key.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert wrong_key.details() == ("input tensor alias not found in signature: rows. "
+                                   "Inputs expected to be in the set {examples}.")
 
 
 def test_unknown_model_version_or_signature(pushed, server):
