@@ -13,6 +13,7 @@ from pathlib import Path
 # The registry's names, listed here so `--help` need not import TensorFlow;
 # tests/test_models.py keeps the two in step.
 MODEL_NAMES = ("apem", "htlnet", "shared_bottom", "mmoe", "ple", "esmm", "aitm")
+STRATEGIES = ("default", "mirrored")   # trainer.STRATEGIES, kept in step by a test
 DEFAULT_IMAGE = "funnelstack:latest"
 
 
@@ -63,6 +64,10 @@ def _add_model_args(parser):
     parser.add_argument("--eval-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        default="default",
+                        help="tf.distribute strategy of the Trainer: one device, or every "
+                             "local GPU (MirroredStrategy)")
     parser.add_argument("--min-auc", type=float, default=0.55,
                         help="bless only if every binary step's AUC on eval (all rows) is at "
                              "least this")
@@ -119,6 +124,7 @@ def _config(args, examples_dir: str, spec, pipeline_root: str):
         else args.serving_dir,
         hparams=parse_hparams(args.hparams), train_steps=args.train_steps,
         eval_steps=args.eval_steps, batch_size=args.batch_size, seed=args.seed,
+        strategy=args.strategy,
         gates=Gates(args.min_auc, args.max_auc_drop, args.max_gini_drop),
         beam_args=tuple(getattr(args, "beam_args", "").split()),
         code_fingerprint=code_fingerprint(),

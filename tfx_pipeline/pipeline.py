@@ -44,6 +44,7 @@ class PipelineConfig:
     eval_steps: int = 100
     batch_size: int = 256
     seed: int = 0
+    strategy: str = "default"    # tf.distribute strategy of the Trainer (trainer.make_strategy)
     gates: Gates = Gates()
     beam_args: Sequence[str] = ()
     code_fingerprint: str = ""   # part of custom_config so code changes invalidate the cache
@@ -95,7 +96,8 @@ def create_components(config: PipelineConfig) -> list:
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
         custom_config={"spec": spec_json, "model": config.model_name,
                        "hparams": dict(config.hparams), "batch_size": config.batch_size,
-                       "seed": config.seed, "code": config.code_fingerprint})
+                       "seed": config.seed, "strategy": config.strategy,
+                       "code": config.code_fingerprint})
     warmup = ServingWarmup(model=trainer.outputs["model"], examples=example_gen.outputs["examples"])
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

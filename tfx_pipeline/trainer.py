@@ -6,6 +6,7 @@ custom_config keys (set by pipeline.create_pipeline):
   hparams     dict of the model's hyper-parameters
   batch_size  training batch size
   seed        random seed for weights and data order
+  strategy    "default" or "mirrored" (see make_strategy)
 """
 
 from __future__ import annotations
@@ -25,6 +26,23 @@ from transform.spec import DatasetSpec
 
 KERAS_MODEL_FILE = "model.keras"
 _TARGET_SAMPLE_BATCHES = 50
+STRATEGIES = ("default", "mirrored")
+
+
+def make_strategy(name: str):
+    """The tf.distribute strategy the model is built and trained under.
+
+    default   whatever TensorFlow provides (one device)
+    mirrored  MirroredStrategy: every local GPU of this host (or its CPU); the
+              batch size is the global batch, split evenly over the replicas
+    """
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 def input_layout_for(spec: DatasetSpec, tft_output) -> InputLayout:
@@ -59,8 +77,10 @@ def run_fn(fn_args):
     seed = int(config.get("seed", 0))
     keras.utils.set_random_seed(seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    model = registry.build(config["model"], input_layout_for(spec, tft_output),
-                           task_layout_for(spec), config.get("hparams") or {})
+    strategy = make_strategy(config.get("strategy", "default"))
+    with strategy.scope():
+        model = registry.build(config["model"], input_layout_for(spec, tft_output),
+                               task_layout_for(spec), config.get("hparams") or {})
     batch_size = int(config.get("batch_size", 256))
     train = make_dataset(fn_args.train_files, fn_args.data_accessor, tft_output, spec,
                          batch_size, seed)
