@@ -91,8 +91,9 @@ def export_models(root: str, models: list[str], out: str) -> None:
 
 
 def eval_examples(root: str, count: int) -> list[bytes]:
-    files = tf.io.gfile.glob(newest(f"{root}/ImportExampleGen/examples/*") + "/Split-eval/*")
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)]
+    from tfx_pipeline.serving_warmup import read_split_records
+
+    return read_split_records(newest(f"{root}/ImportExampleGen/examples/*"), "eval", count)
 
 
 def summarise(seconds: list[float], batch: int) -> dict:

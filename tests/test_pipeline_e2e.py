@@ -279,8 +279,9 @@ def test_degraded_candidate_is_refused_and_not_pushed(synthetic_run):
 
 def eval_split(pipeline_root):
     """The eval split the Evaluator read: serialized examples and their parsed columns."""
-    files = glob.glob(f"{latest(f'{pipeline_root}/ImportExampleGen/examples/*')}/Split-eval/*")
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    from tfx_pipeline.serving_warmup import read_split_records
+
+    serialized = read_split_records(latest(f"{pipeline_root}/ImportExampleGen/examples/*"), "eval")
     columns = {}
     for record in serialized:
         example = tf.train.Example.FromString(record)

@@ -12,7 +12,6 @@ import os
 import tensorflow as tf
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, Model
 from tfx.utils import io_utils
 
@@ -21,13 +20,16 @@ from serving.warmup import PREDICT_BATCH_SIZES, write_warmup
 SERVING_FORMAT = "Format-Serving"   # where TFX's Trainer puts the SavedModel
 
 
-def read_raw_examples(examples: Examples, split: str, limit: int) -> list:
-    """Up to `limit` serialized records of one split (GZIP TFRecords, as ExampleGen writes)."""
-    split_dir = artifact_utils.get_split_uri([examples], split)
+def read_split_records(examples_uri: str, split: str, limit: int | None = None) -> list[bytes]:
+    """Serialized records of one split of an Examples artifact (GZIP TFRecords, as
+    ExampleGen writes them under <uri>/Split-<split>/); the first `limit`, or all."""
+    split_dir = os.path.join(examples_uri, f"Split-{split}")
     files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
     if not files:
         raise FileNotFoundError(f"no '{split}' examples under {split_dir}")
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit)
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if limit is not None:
+        dataset = dataset.take(limit)
     return [record.numpy() for record in dataset]
 
 
@@ -37,4 +39,4 @@ def ServingWarmup(model: InputArtifact[Model], examples: InputArtifact[Examples]
     source = os.path.join(model.uri, SERVING_FORMAT)
     target = os.path.join(warm_model.uri, SERVING_FORMAT)
     io_utils.copy_dir(source, target)
-    write_warmup(target, read_raw_examples(examples, split, max(PREDICT_BATCH_SIZES)))
+    write_warmup(target, read_split_records(examples.uri, split, max(PREDICT_BATCH_SIZES)))
