@@ -197,7 +197,12 @@ class MultiTaskModel(keras.Model):
             if name in self.loss_trackers:
                 self.loss_trackers[name].update_state(value)
         self.total_loss_tracker.update_state(total)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if _is_multi_worker(tf.distribute.get_strategy()):
+            # Keras (3.15) averages the replicas' logs under MultiWorkerMirroredStrategy
+            # with strategy.reduce(..., axis=0), which needs rank 1: shape (1,) each.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def train_step(self, data):
         features, labels = data[0], data[1]
@@ -266,6 +271,23 @@ class MultiTaskModel(keras.Model):
     def metrics(self):
         return [self.total_loss_tracker, *self.loss_trackers.values()]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' hook before fit/evaluate under a strategy, made multi-worker safe.
+
+        Keras 3.15 averages the first distributed batch over all replicas to build
+        the model symbolically; under MultiWorkerMirroredStrategy that is a
+        cross-worker all-reduce of the features, which fails. The model is
+        already built (see `build`), so one replica's batch serves as well.
+        """
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None and _is_multi_worker(strategy):
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda x: strategy.experimental_local_results(x)[0], next(batches))
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def build(self, input_shape=None):
         """Creates every variable by calling the model on a 2-row dummy batch.
 
@@ -292,6 +314,13 @@ class MultiTaskModel(keras.Model):
         return {**super().get_config(), "input_layout": self.input_layout.to_config(),
                 "task_layout": self.task_layout.to_config(),
                 "hparams": dataclasses.asdict(self.hparams)}
+
+
+def _is_multi_worker(strategy) -> bool:
+    """The condition under which Keras takes its multi-worker reduction path:
+    MultiWorkerMirroredStrategy with more than one worker in TF_CONFIG."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
 
 
 def _binary_cross_entropy(y, p):

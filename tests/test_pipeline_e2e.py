@@ -215,18 +215,6 @@ def assert_hillstrom_slices(pipeline_root, hillstrom_csv):
     assert set(cross) == expected and len(expected) == 9
 
 
-def test_compile_writes_a_kubeflow_v2_spec(tmp_path):
-    output = tmp_path / "pipeline.json"
-    cli("-m", "tfx_pipeline", "compile", "--output", str(output), "--image", "example/funnel:1",
-        "--pipeline-root", str(tmp_path / "root"))
-    spec = json.loads(output.read_text())
-    text = output.read_text()
-    assert spec["pipelineSpec"]["pipelineInfo"]["name"] == "funnel-synthetic-shared-bottom"
-    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-    assert {"ImportExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"} <= set(tasks)
-    assert "example/funnel:1" in text
-
-
 @pytest.mark.parametrize("model", ["apem", "htlnet"])
 def test_paper_models_train_export_and_serve_through_the_pipeline(model, tmp_path):
     root = tmp_path / "pipeline"

@@ -13,8 +13,10 @@ from pathlib import Path
 # The registry's names, listed here so `--help` need not import TensorFlow;
 # tests/test_models.py keeps the two in step.
 MODEL_NAMES = ("apem", "htlnet", "shared_bottom", "mmoe", "ple", "esmm", "aitm")
-STRATEGIES = ("default", "mirrored")   # trainer.STRATEGIES, kept in step by a test
+STRATEGIES = ("default", "mirrored", "multi_worker")   # trainer.STRATEGIES, kept in step by a test
 DEFAULT_IMAGE = "funnelstack:latest"
+BEAM_ARGS_HELP = ("extra Beam pipeline arguments, space-separated, for every Beam-based "
+                  "component (examples for Dataflow, Flink and Spark: docs/beam.md)")
 
 
 def code_fingerprint() -> str:
@@ -66,8 +68,9 @@ def _add_model_args(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", choices=STRATEGIES,
                         default="default",
-                        help="tf.distribute strategy of the Trainer: one device, or every "
-                             "local GPU (MirroredStrategy)")
+                        help="tf.distribute strategy of the Trainer: one device, every "
+                             "local GPU (MirroredStrategy), or every worker in TF_CONFIG "
+                             "(MultiWorkerMirroredStrategy; docs/distributed.md)")
     parser.add_argument("--min-auc", type=float, default=0.55,
                         help="bless only if every binary step's AUC on eval (all rows) is at "
                              "least this")
@@ -93,18 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bad-rows", choices=("error", "reject"), default="error",
                      help="stop at the first bad input row, or set bad rows aside")
     run.add_argument("--rejects", help="where to write rejected rows (with --bad-rows reject)")
-    run.add_argument("--beam-args", default="", help="extra Beam pipeline arguments, space-separated")
+    run.add_argument("--beam-args", default="", help=BEAM_ARGS_HELP)
     run.add_argument("--schema", help="curated schema.pbtxt to validate against (default: inferred)")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam/TensorFlow logs")
 
-    compile_ = commands.add_parser("compile", help="write a Kubeflow Pipelines v2 spec")
+    compile_ = commands.add_parser(
+        "compile", help="write a Kubeflow Pipelines v2 spec (JSON and YAML)",
+        description="--data-root, --train-steps and --model become the defaults of the "
+                    "runtime parameters data_root, train_steps and model_name.")
     _add_model_args(compile_)
-    compile_.add_argument("--output", required=True, help="pipeline spec file to write (.json)")
+    compile_.add_argument("--output", required=True,
+                          help="spec path without suffix (or with .json/.yaml); "
+                               "writes <output>.json and <output>.yaml")
     compile_.add_argument("--data-root", default="gs://YOUR_BUCKET/data/synthetic",
                           help="directory of tf.Example TFRecords the cluster can read")
     compile_.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/pipelines")
     compile_.add_argument("--serving-dir", default="gs://YOUR_BUCKET/serving")
     compile_.add_argument("--image", default=DEFAULT_IMAGE, help="container image of the pipeline")
+    compile_.add_argument("--trainer-gpus", type=int, default=1,
+                          help="GPUs the Trainer's container requests (0: train on CPU)")
+    compile_.add_argument("--gpu-type", default="nvidia.com/gpu",
+                          help="Kubernetes resource name of the GPU")
+    compile_.add_argument("--beam-args", default="", help=BEAM_ARGS_HELP)
 
     report = commands.add_parser("report", help="render the latest evaluation as an HTML page")
     report.add_argument("--pipeline-root", required=True, help="a pipeline root of `run`")
@@ -113,16 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args, examples_dir: str, spec, pipeline_root: str):
+def _config(args, examples_dir, spec, pipeline_root: str, name: str | None = None,
+            model_name=None, train_steps=None):
+    """The PipelineConfig of the parsed arguments; the keyword arguments override
+    what the arguments say (compile passes runtime parameters)."""
     from tfx_pipeline.eval_config import Gates
     from tfx_pipeline.pipeline import PipelineConfig
 
     return PipelineConfig(
-        pipeline_name=pipeline_name(args.dataset, args.model), pipeline_root=pipeline_root,
-        examples_dir=examples_dir, spec=spec, model_name=args.model,
+        pipeline_name=name or pipeline_name(args.dataset, args.model),
+        pipeline_root=pipeline_root, examples_dir=examples_dir, spec=spec,
+        model_name=model_name or args.model,
         serving_dir=os.path.abspath(args.serving_dir) if "://" not in args.serving_dir
         else args.serving_dir,
-        hparams=parse_hparams(args.hparams), train_steps=args.train_steps,
+        hparams=parse_hparams(args.hparams),
+        train_steps=args.train_steps if train_steps is None else train_steps,
         eval_steps=args.eval_steps, batch_size=args.batch_size, seed=args.seed,
         strategy=args.strategy,
         gates=Gates(args.min_auc, args.max_auc_drop, args.max_gini_drop),
@@ -185,19 +203,22 @@ def command_run(args) -> int:
 
 
 def command_compile(args) -> int:
-    from tfx import v1 as tfx
-
-    from tfx_pipeline.pipeline import create_pipeline
+    from tfx_pipeline import kubeflow
     from transform import datasets
 
     spec = datasets.spec_for(args.dataset, args.spec)
     _check_model(args, spec)
-    config = _config(args, args.data_root, spec, args.pipeline_root)
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
-        output_filename=args.output)
-    runner.run(create_pipeline(config, metadata_connection_config=None), write_out=True)
-    print(f"wrote Kubeflow pipeline spec {args.output} (image {args.image})")
+    if args.trainer_gpus < 0:
+        raise ValueError(f"--trainer-gpus must be 0 or more, not {args.trainer_gpus}")
+    parameters = kubeflow.runtime_parameters(args.data_root, args.train_steps, args.model)
+    # The model is a runtime parameter, so the pipeline is named after the dataset only.
+    config = _config(args, parameters["data_root"], spec, args.pipeline_root,
+                     name=f"funnel-{args.dataset}", model_name=parameters["model_name"],
+                     train_steps=parameters["train_steps"])
+    paths = kubeflow.compile_pipeline(config, args.image, args.output,
+                                      trainer_gpus=args.trainer_gpus, gpu_type=args.gpu_type)
+    print(f"wrote Kubeflow pipeline spec {paths[0]} and {paths[1]} (image {args.image}; "
+          f"runtime parameters {', '.join(parameters)})")
     return 0
 
 

@@ -7,6 +7,11 @@ a copy of the trained model; that copy is evaluated and pushed.
 The Evaluator also reads the latest blessed model (a Resolver node,
 LatestBlessedModelStrategy) as the baseline for the change gates, and the
 Pusher does not push a model that is already serving (tfx_pipeline.push).
+
+The data root, the model's name and the training steps may be Kubeflow
+RuntimeParameters instead of values (tfx_pipeline.kubeflow); Trainer and
+Pusher take the latter two as execution properties of their own
+(tfx_pipeline.model_trainer, tfx_pipeline.push.ModelPusher).
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ import os
 from typing import Mapping, Sequence
 
 from tfx import v1 as tfx
-from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from tfx_pipeline.anomalies_gate import AnomaliesGate
 from tfx_pipeline.eval_config import Gates, build_eval_config
-from tfx_pipeline.push import IdempotentPusherExecutor
+from tfx_pipeline.model_trainer import ModelTrainer
+from tfx_pipeline.push import ModelPusher
 from tfx_pipeline.serving_warmup import ServingWarmup
 from transform.spec import DatasetSpec
 
@@ -31,14 +36,17 @@ RUN_FN = "tfx_pipeline.trainer.run_fn"
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Everything that defines one pipeline run."""
+    """Everything that defines one pipeline run.
+
+    examples_dir, model_name and train_steps may also be RuntimeParameters.
+    """
 
     pipeline_name: str
     pipeline_root: str
     examples_dir: str            # directory of tf.Example TFRecords (the ingested data)
     spec: DatasetSpec
     model_name: str
-    serving_dir: str
+    serving_dir: str             # the Pusher writes <serving_dir>/<model_name>/<version>/
     hparams: Mapping = dataclasses.field(default_factory=dict)
     train_steps: int = 1000
     eval_steps: int = 100
@@ -54,25 +62,21 @@ class PipelineConfig:
     def metadata_path(self) -> str:
         return os.path.join(self.pipeline_root, "metadata.sqlite")
 
-    @property
-    def push_base(self) -> str:
-        return os.path.join(self.serving_dir, self.model_name)
 
-
-def _split_config(spec: DatasetSpec) -> example_gen_pb2.Output:
+def split_config(spec: DatasetSpec) -> example_gen_pb2.Output:
     eval_buckets = spec.split.eval_percent
-    split_config = example_gen_pb2.SplitConfig(
+    splits = example_gen_pb2.SplitConfig(
         splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
                 example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)])
     if spec.split.partition_column:
-        split_config.partition_feature_name = spec.split.partition_column
-    return example_gen_pb2.Output(split_config=split_config)
+        splits.partition_feature_name = spec.split.partition_column
+    return example_gen_pb2.Output(split_config=splits)
 
 
 def create_components(config: PipelineConfig) -> list:
     spec_json = config.spec.to_json()
     example_gen = tfx.components.ImportExampleGen(
-        input_base=config.examples_dir, output_config=_split_config(config.spec))
+        input_base=config.examples_dir, output_config=split_config(config.spec))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
@@ -87,17 +91,17 @@ def create_components(config: PipelineConfig) -> list:
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"spec": spec_json, "code": config.code_fingerprint})
     transform.add_upstream_node(gate)
-    trainer = tfx.components.Trainer(
+    trainer = ModelTrainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config={"spec": spec_json, "model": config.model_name,
-                       "hparams": dict(config.hparams), "batch_size": config.batch_size,
-                       "seed": config.seed, "strategy": config.strategy,
-                       "code": config.code_fingerprint})
+        model_name=config.model_name, train_steps=config.train_steps,
+        eval_steps=config.eval_steps,
+        custom_config={"spec": spec_json, "hparams": dict(config.hparams),
+                       "batch_size": config.batch_size, "seed": config.seed,
+                       "strategy": config.strategy, "code": config.code_fingerprint},
+    ).with_id("Trainer")
     warmup = ServingWarmup(model=trainer.outputs["model"], examples=example_gen.outputs["examples"])
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -108,19 +112,19 @@ def create_components(config: PipelineConfig) -> list:
         examples=example_gen.outputs["examples"], model=warmup.outputs["warm_model"],
         baseline_model=baseline.outputs["model"],
         eval_config=build_eval_config(config.spec, config.gates))
-    pusher = tfx.components.Pusher(
+    pusher = ModelPusher(
         model=warmup.outputs["warm_model"], model_blessing=evaluator.outputs["blessing"],
-        custom_executor_spec=executor_spec.ExecutorClassSpec(IdempotentPusherExecutor),
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_base)))
+        serving_dir=config.serving_dir, model_name=config.model_name).with_id("Pusher")
     return [example_gen, statistics_gen, schema_gen, example_validator, gate, transform,
             trainer, warmup, baseline, evaluator, pusher]
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    if metadata_connection_config is None:
-        metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path)
+def create_pipeline(config: PipelineConfig, local_metadata: bool = True) -> tfx.dsl.Pipeline:
+    """The pipeline; with local_metadata, ML Metadata lives in SQLite under the pipeline
+    root (LocalDagRunner). Kubeflow brings its own metadata store."""
+    metadata_connection_config = (
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+        if local_metadata else None)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

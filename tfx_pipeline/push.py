@@ -7,6 +7,11 @@ up an identical model. This executor compares the blessed model with the
 newest version under the push base directory (the one TF Serving serves by
 default) file by file; when they are identical it records that version as the
 push and copies nothing. Everything else is the stock executor.
+
+`ModelPusher` is the Pusher component with one more execution property,
+`model_name`: the push goes to <base directory>/<model_name>/<version>/. The
+name can then be the same Kubeflow runtime parameter that picks the model to
+train (tfx_pipeline.model_trainer), so the push path follows it.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import hashlib
 import os
 
 from absl import logging
+from tfx import types
 from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, proto_utils
 
 ALREADY_SERVING_KEY = "already_serving"
+MODEL_NAME_KEY = "model_name"
 
 
 def directory_digest(path: str) -> str:
@@ -50,9 +59,16 @@ class IdempotentPusherExecutor(pusher_executor.Executor):
     """The stock Pusher, except that an identical newest version is reused."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        exec_properties = dict(exec_properties)
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        if exec_properties.get(MODEL_NAME_KEY):
+            base = destination.filesystem.base_directory
+            destination.filesystem.base_directory = os.path.join(
+                base, exec_properties.pop(MODEL_NAME_KEY))
+            exec_properties[standard_component_specs.PUSH_DESTINATION_KEY] = (
+                proto_utils.proto_to_json(destination))
         serving = (newest_version(destination.filesystem.base_directory)
                    if destination.WhichOneof("destination") == "filesystem" else None)
         if serving and self.CheckBlessing(input_dict):
@@ -67,3 +83,29 @@ class IdempotentPusherExecutor(pusher_executor.Executor):
                 logging.info("Model is already serving as %s; not pushed again.", serving)
                 return
         super().Do(input_dict, output_dict, exec_properties)
+
+
+class ModelPusherSpec(standard_component_specs.PusherSpec):
+    PARAMETERS = {**standard_component_specs.PusherSpec.PARAMETERS,
+                  MODEL_NAME_KEY: ExecutionParameter(type=str)}
+
+
+class ModelPusher(base_component.BaseComponent):
+    """Pushes a blessed `model` to <serving_dir>/<model_name>/<version>/ on a file system.
+
+    `model_name` is a str or a RuntimeParameter; `serving_dir` a local path or a
+    bucket URI. Output: `pushed_model`, as TFX's Pusher.
+    """
+
+    SPEC_CLASS = ModelPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(IdempotentPusherExecutor)
+
+    def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
+                 serving_dir: str, model_name):
+        destination = pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir))
+        spec = ModelPusherSpec(
+            model=model, model_blessing=model_blessing, push_destination=destination,
+            model_name=model_name,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+        super().__init__(spec=spec)

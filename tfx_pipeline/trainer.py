@@ -6,12 +6,14 @@ custom_config keys (set by pipeline.create_pipeline):
   hparams     dict of the model's hyper-parameters
   batch_size  training batch size
   seed        random seed for weights and data order
-  strategy    "default" or "mirrored" (see make_strategy)
+  strategy    "default", "mirrored" or "multi_worker" (see make_strategy)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -26,15 +28,17 @@ from transform.spec import DatasetSpec
 
 KERAS_MODEL_FILE = "model.keras"
 _TARGET_SAMPLE_BATCHES = 50
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def make_strategy(name: str):
     """The tf.distribute strategy the model is built and trained under.
 
-    default   whatever TensorFlow provides (one device)
-    mirrored  MirroredStrategy: every local GPU of this host (or its CPU); the
-              batch size is the global batch, split evenly over the replicas
+    default       whatever TensorFlow provides (one device)
+    mirrored      MirroredStrategy: every local GPU of this host (or its CPU); the
+                  batch size is the global batch, split evenly over the replicas
+    multi_worker  MultiWorkerMirroredStrategy: every worker named in TF_CONFIG,
+                  each with its local GPUs; all workers run run_fn (see docs/distributed.md)
     """
     import tensorflow as tf
 
@@ -42,7 +46,21 @@ def make_strategy(name: str):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster: the
+    chief task, or worker 0 when the cluster has no chief, writes the model."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def input_layout_for(spec: DatasetSpec, tft_output) -> InputLayout:
@@ -93,6 +111,15 @@ def run_fn(fn_args):
     model.fit(train, steps_per_epoch=fn_args.train_steps, epochs=1,
               validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
               callbacks=model.training_callbacks())
-    os.makedirs(fn_args.model_run_dir, exist_ok=True)
-    model.save(os.path.join(fn_args.model_run_dir, KERAS_MODEL_FILE))
-    export_serving_model(model, tft_output, spec, fn_args.serving_model_dir)
+    # Under multi_worker every worker must take part in saving; only the chief's copy
+    # is kept (the others write to a scratch directory that is removed).
+    chief = is_chief(strategy)
+    run_dir = fn_args.model_run_dir if chief else tempfile.mkdtemp(prefix="worker-model-run-")
+    serving_dir = (fn_args.serving_model_dir if chief
+                   else tempfile.mkdtemp(prefix="worker-serving-model-"))
+    os.makedirs(run_dir, exist_ok=True)
+    model.save(os.path.join(run_dir, KERAS_MODEL_FILE))
+    export_serving_model(model, tft_output, spec, serving_dir)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(serving_dir, ignore_errors=True)
