@@ -143,3 +143,33 @@ def test_hillstrom_file_passes_the_checks(tmp_path, hillstrom_csv):
     assert sum(e["conversion"].int64_list.value[0] for e in examples) == raw["conversion"].sum()
     spend = np.array([e["spend"].float_list.value[0] for e in examples])
     assert spend.sum() == pytest.approx(raw["spend"].sum(), rel=1e-6)
+
+
+def test_large_files_are_read_and_written_in_chunks(tmp_path, monkeypatch):
+    """Chunks of 2 rows: one shard per chunk, line numbers counted across chunks, the
+    same examples as one pass, and a chunk whose rows are all bad writes no shard."""
+    body = GOOD_ROWS + "fr,50,2,0,0,0\nit,x,1,0,0,0\nes,19,,0,0,0\n" + GOOD_ROWS  # 6, 7 bad
+    path = write(tmp_path, body)
+    whole = run(tmp_path / "whole", path, bad_rows="reject")
+    monkeypatch.setattr("transform.ingest.CHUNK_ROWS", 2)
+    chunked = run(tmp_path / "chunked", path, bad_rows="reject")
+    assert (chunked.rows_read, chunked.rows_written) == (9, 7)
+    assert chunked.reject_counts == whole.reject_counts == {"unparsable_number": 1,
+                                                            "missing_value": 1}
+    shards = sorted(p.name for p in (tmp_path / "chunked").glob("staged/*/examples/*"))
+    assert shards == ["data-00000.tfrecord.gz", "data-00001.tfrecord.gz",   # lines 2-3, 4-5
+                      "data-00003.tfrecord.gz", "data-00004.tfrecord.gz"]   # 8-9, 10
+    assert [dict(r) for r in read_examples(chunked)] == [dict(r) for r in read_examples(whole)]
+    rejects = pd.read_csv(chunked.rejects_path)
+    assert rejects["_line"].tolist() == [6, 7]
+    assert pd.read_csv(whole.rejects_path).equals(rejects)
+
+
+def test_error_in_a_later_chunk_names_its_file_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("transform.ingest.CHUNK_ROWS", 2)
+    path = write(tmp_path, GOOD_ROWS + "it,x,1,0,0,0\n")
+    with pytest.raises(DataValidationError,
+                       match=r"data.csv line 5, column 'age': cannot parse 'x' as a number "
+                             r"\(rows with problems in lines 4-5: 1 unparsable_number;"):
+        run(tmp_path, path)
+    assert not list(tmp_path.glob("staged/*/summary.json"))   # nothing marked complete

@@ -17,6 +17,11 @@ with their line numbers and reasons, to a rejects CSV, and the per-reason counts
 are returned; the remaining rows are converted. Nothing is dropped silently.
 
 Line numbers count the header as line 1, so the first data row is line 2.
+
+`ingest_csv` reads the file in chunks of `CHUNK_ROWS` rows and writes one
+TFRecord shard per chunk, so its memory does not grow with the file. In error
+mode it stops at the first chunk with a problem; the counts in the message are
+that chunk's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from typing import Mapping
 
 import numpy as np
@@ -36,8 +42,9 @@ from transform.spec import DatasetSpec
 
 BAD_ROW_MODES = ("error", "reject")
 # Bump when the written record layout changes, so staged data is rebuilt.
-_RECORD_LAYOUT_VERSION = "1"
-_CHUNK_ROWS = 65536
+_RECORD_LAYOUT_VERSION = "2"   # 2: one shard per chunk (data-NNNNN.tfrecord.gz)
+CHUNK_ROWS = 250_000           # rows read, checked and written at a time
+_ENCODE_ROWS = 65536           # rows per Arrow batch when encoding tf.Examples
 
 
 class DataValidationError(ValueError):
@@ -48,7 +55,7 @@ class DataValidationError(ValueError):
 class IngestResult:
     """What ingesting one source file produced."""
 
-    examples_dir: str          # directory holding data.tfrecord.gz
+    examples_dir: str          # directory holding examples/data-NNNNN.tfrecord.gz
     rows_read: int
     rows_written: int
     reject_counts: Mapping[str, int]  # reason -> number of rejected rows
@@ -78,17 +85,32 @@ class _Problems:
 
 def read_text_table(path: str, rename: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Reads a CSV (optionally .gz) with every cell as a string, nothing inferred."""
+    return next(read_text_chunks(path, rename, chunk_rows=None))
+
+
+def read_text_chunks(path: str, rename: Mapping[str, str] | None = None,
+                     chunk_rows: int | None = CHUNK_ROWS):
+    """Yields the CSV as string DataFrames of up to `chunk_rows` rows (None: one frame).
+
+    A file with a header and no rows yields one empty frame.
+    """
     if not os.path.exists(path):
         raise DataValidationError(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
+                             chunksize=chunk_rows)
+        chunks = [reader] if chunk_rows is None else reader
+        yielded = False
+        for frame in chunks:
+            yielded = True
+            yield frame.rename(columns=dict(rename)) if rename else frame
+        if not yielded:  # header only
+            header = pd.read_csv(path, dtype=str, nrows=0)
+            yield header.rename(columns=dict(rename)) if rename else header
     except pd.errors.EmptyDataError:
         raise DataValidationError(f"{path}: the file is empty (no header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise DataValidationError(f"{path}: not a readable CSV file: {error}") from None
-    if rename:
-        frame = frame.rename(columns=dict(rename))
-    return frame
 
 
 def _parse_numbers(column: pd.Series):
@@ -173,14 +195,16 @@ def _summarise(problems: _Problems) -> collections.Counter:
     return collections.Counter(reason for _, reason in set(zip(problems.rows, problems.reasons)))
 
 
-def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: str = "error"):
+def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: str = "error",
+                first_line: int = 2, allow_all_bad: bool = False):
     """Checks a text table against the spec.
 
+    `first_line` is the file line of the frame's first row (for chunks of a file).
     Returns:
       (typed columns of the good rows, rejects DataFrame, per-reason counts).
     Raises:
       DataValidationError: on a structural problem, or on any bad row when
-        `bad_rows == "error"`.
+        `bad_rows == "error"`, or when every row is bad (unless `allow_all_bad`).
     """
     if bad_rows not in BAD_ROW_MODES:
         raise ValueError(f"bad_rows must be one of {BAD_ROW_MODES}, got {bad_rows!r}")
@@ -197,10 +221,12 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
     if problems and bad_rows == "error":
         first = int(np.argmin(problems.rows))
         summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+        scope = "" if first_line == 2 and len(frame) < CHUNK_ROWS else (
+            f" in lines {first_line}-{first_line + len(frame) - 1}")
         raise DataValidationError(
-            f"{source} line {problems.rows[first] + 2}, column {problems.columns[first]!r}: "
-            f"{problems.details[first]} (rows with problems: {summary}; "
-            f"pass --bad-rows reject to set bad rows aside in a rejects file)")
+            f"{source} line {problems.rows[first] + first_line}, column "
+            f"{problems.columns[first]!r}: {problems.details[first]} (rows with problems"
+            f"{scope}: {summary}; pass --bad-rows reject to set bad rows aside in a rejects file)")
 
     bad = np.zeros(len(frame), dtype=bool)
     bad[problems.rows] = True
@@ -208,10 +234,10 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
     for row, column, detail in zip(problems.rows, problems.columns, problems.details):
         reasons_per_row[row].append(f"{column}: {detail}")
     rejects = frame[bad].copy()
-    rejects.insert(0, "_line", np.flatnonzero(bad) + 2)
+    rejects.insert(0, "_line", np.flatnonzero(bad) + first_line)
     rejects.insert(1, "_reasons", ["; ".join(reasons_per_row[r]) for r in np.flatnonzero(bad)])
     good = {name: values[~bad] for name, values in typed.items()}
-    if not (~bad).any():
+    if not (~bad).any() and not allow_all_bad:
         raise DataValidationError(f"{source}: every one of {len(frame)} rows has a problem; "
                                   f"see the reasons in the rejects file")
     return good, rejects, dict(counts)
@@ -235,9 +261,9 @@ def write_examples(columns: Mapping[str, np.ndarray], path: str) -> int:
     names = sorted(columns)
     count = len(columns[names[0]])
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for start in range(0, count, _CHUNK_ROWS):
+        for start in range(0, count, _ENCODE_ROWS):
             batch = pa.RecordBatch.from_arrays(
-                [arrow_column(columns[n][start:start + _CHUNK_ROWS]) for n in names], names)
+                [arrow_column(columns[n][start:start + _ENCODE_ROWS]) for n in names], names)
             for record in example_coder.RecordBatchToExamples(batch):
                 writer.write(record)
     return count
@@ -274,22 +300,39 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
         return IngestResult(out_dir, summary["rows_read"], summary["rows_written"],
                             summary["reject_counts"], summary["rejects_path"], reused=True)
 
-    frame = read_text_table(path, rename)
-    good, rejects, counts = check_table(frame, spec, source=path, bad_rows=bad_rows)
     examples_dir = os.path.join(out_dir, "examples")
-    os.makedirs(examples_dir, exist_ok=True)
-    written = write_examples(good, os.path.join(examples_dir, "data.tfrecord.gz"))
-    saved_rejects = None
-    if len(rejects):
-        saved_rejects = rejects_path or os.path.join(out_dir, "rejects.csv")
-        os.makedirs(os.path.dirname(os.path.abspath(saved_rejects)), exist_ok=True)
-        rejects.to_csv(saved_rejects, index=False)
-    _report_rejects(len(rejects), counts, saved_rejects, log)
-    summary = dict(source=path, rows_read=len(frame), rows_written=written,
-                   reject_counts=counts, rejects_path=saved_rejects)
+    shutil.rmtree(out_dir, ignore_errors=True)   # a half-written earlier attempt
+    os.makedirs(examples_dir)
+    saved_rejects = rejects_path or os.path.join(out_dir, "rejects.csv")
+    rows_read = written = rejected = 0
+    counts: collections.Counter = collections.Counter()
+    for shard, frame in enumerate(read_text_chunks(path, rename, CHUNK_ROWS)):
+        good, rejects, chunk_counts = check_table(
+            frame, spec, source=path, bad_rows=bad_rows, first_line=rows_read + 2,
+            allow_all_bad=True)
+        if len(rejects):
+            _append_csv(rejects, saved_rejects, header=rejected == 0)
+        rows_read += len(frame)
+        rejected += len(rejects)
+        counts.update(chunk_counts)
+        if len(rejects) < len(frame):
+            written += write_examples(
+                good, os.path.join(examples_dir, f"data-{shard:05d}.tfrecord.gz"))
+    if written == 0:
+        raise DataValidationError(f"{path}: every one of {rows_read} rows has a problem; "
+                                  f"see the reasons in {saved_rejects}")
+    saved_rejects = saved_rejects if rejected else None
+    _report_rejects(rejected, counts, saved_rejects, log)
+    summary = dict(source=path, rows_read=rows_read, rows_written=written,
+                   reject_counts=dict(counts), rejects_path=saved_rejects)
     with open(summary_path, "w") as handle:  # written last: marks the ingest complete
         json.dump(summary, handle, indent=1)
-    return IngestResult(out_dir, len(frame), written, counts, saved_rejects, reused=False)
+    return IngestResult(out_dir, rows_read, written, dict(counts), saved_rejects, reused=False)
+
+
+def _append_csv(frame: pd.DataFrame, path: str, header: bool) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    frame.to_csv(path, index=False, mode="w" if header else "a", header=header)
 
 
 def _report_rejects(rows: int, counts: Mapping[str, int], rejects_path: str | None, log) -> None:
