@@ -1,0 +1,212 @@
+"""How the pipeline's cost grows with rows: wall time and peak memory per stage.
+
+For each size in --rows, the whole pipeline runs on the synthetic funnel through
+the real CLI (`python -m tfx_pipeline run`, LocalDagRunner, Beam DirectRunner
+in its default in-process mode) in a child process. For each size in
+--transform-rows, only ImportExampleGen -> ImportSchemaGen -> Transform runs
+(the schema is the one SchemaGen inferred in the largest full run). Stages:
+start-up (Python, TensorFlow imports) with generating the CSV, checking and
+converting it (ingest), then each component.
+
+Memory is the resident set size of the child and all its descendants, sampled
+every 0.2 s; a stage's peak is the highest sample while it ran. The Trainer's
+cost is set by --train-steps (default 1000 steps of 256 rows), not by the row
+count; the Evaluator reads the whole eval split (20 % of the rows).
+
+    scripts/run python benchmarks/pipeline_scale.py                        # 100k, 1M; 10M Transform only
+    scripts/run python benchmarks/pipeline_scale.py --rows 20000 --transform-rows 50000   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+_START = re.compile(r"^\[\d+/\d+\] (\S+) \.\.\.$")
+_DONE = re.compile(r"^\[\d+/\d+\] (\S+) done in ")
+_CHECKING = re.compile(r"^checking .* against spec")
+_CHECKED = re.compile(r"rows passed the checks")
+
+
+class MemorySampler(threading.Thread):
+    """Samples the RSS of a process tree; `peak(since, until)` over a time window."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                tree = [self.process] + self.process.children(recursive=True)
+                rss = 0
+                for member in tree:
+                    try:
+                        rss += member.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.samples.append((time.monotonic(), rss))
+            except psutil.Error:
+                return
+            self.stopped.wait(self.interval)
+
+    def peak(self, since: float, until: float) -> int:
+        """Highest sample in the window, counting the last sample before it (a stage
+        shorter than the interval may have none of its own)."""
+        before = [rss for t, rss in self.samples if t < since][-1:]
+        return max(before + [rss for t, rss in self.samples if since <= t <= until], default=0)
+
+
+def run_measured(command: list[str], log_path: str) -> list[dict]:
+    """Runs `command`, splitting its wall time into stages from the progress lines on
+    stderr; returns [{stage, seconds, peak_rss_mb}] in order."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    sampler = MemorySampler(process.pid)
+    sampler.start()
+    stdout_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stdout_lines.extend(process.stdout), daemon=True)
+    reader.start()
+    marks: list[tuple[str, float]] = [("start-up, generate CSV", started)]
+    with open(log_path, "w") as log:
+        for line in process.stderr:
+            log.write(line)
+            line = line.rstrip("\n")
+            now = time.monotonic()
+            if _CHECKING.search(line):
+                marks.append(("ingest (check CSV, write tf.Examples)", now))
+            elif _CHECKED.search(line):
+                marks.append(("(between stages)", now))
+            elif match := _START.match(line):
+                marks.append((match.group(1), now))
+            elif _DONE.match(line):
+                marks.append(("(between stages)", now))
+    process.wait()
+    reader.join()
+    ended = time.monotonic()
+    sampler.stopped.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])} ... failed; see {log_path}")
+    marks.append(("end", ended))
+    stages = []
+    for (name, since), (_, until) in zip(marks, marks[1:]):
+        if name == "(between stages)" and until - since < 1.0:
+            continue
+        stages.append({"stage": name, "seconds": round(until - since, 1),
+                       "peak_rss_mb": round(sampler.peak(since, until) / 2**20)})
+    stages.append({"stage": "total", "seconds": round(ended - started, 1),
+                   "peak_rss_mb": round(sampler.peak(started, ended) / 2**20)})
+    return stages
+
+
+def full_run(rows: int, work_dir: str, train_steps: int) -> list[dict]:
+    root = os.path.join(work_dir, f"full-{rows}")
+    command = [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
+               "--rows", str(rows), "--train-steps", str(train_steps), "--min-auc", "0",
+               "--pipeline-root", root, "--serving-dir", os.path.join(work_dir, "serving")]
+    return run_measured(command, os.path.join(work_dir, f"full-{rows}.log"))
+
+
+def transform_run(rows: int, work_dir: str, schema: str) -> list[dict]:
+    command = [sys.executable, os.path.abspath(__file__), "--transform-child", str(rows),
+               "--work-dir", work_dir, "--schema", schema]
+    return run_measured(command, os.path.join(work_dir, f"transform-{rows}.log"))
+
+
+def transform_child(rows: int, work_dir: str, schema: str) -> None:
+    """In the child: the CSV, the ingest, then ImportExampleGen -> ImportSchemaGen -> Transform."""
+    from tfx import v1 as tfx
+
+    from tfx_pipeline import progress
+    from tfx_pipeline.pipeline import PREPROCESSING_FN, split_config
+    from transform import datasets
+    from transform.ingest import ingest_csv
+
+    root = os.path.join(work_dir, f"transform-{rows}")
+    source = datasets.resolve("synthetic", os.path.join(root, "source"), rows=rows)
+    print(f"checking {source.csv_path} against spec", file=sys.stderr, flush=True)
+    ingested = ingest_csv(source.csv_path, source.spec, os.path.join(root, "ingested"),
+                          log=lambda line: print(line, file=sys.stderr))
+    print(f"{ingested.rows_written} rows passed the checks", file=sys.stderr, flush=True)
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=os.path.join(ingested.examples_dir, "examples"),
+        output_config=split_config(source.spec))
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema)
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN, custom_config={"spec": source.spec.to_json()})
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="funnel-transform-scale", pipeline_root=root,
+        components=[example_gen, schema_gen, transform], enable_cache=False,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.join(root, "metadata.sqlite")))
+    progress.attach(total=3)
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+
+def print_table(title: str, stages: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"  {'stage':<40}{'seconds':>10}{'peak RSS MB':>14}")
+    for stage in stages:
+        print(f"  {stage['stage']:<40}{stage['seconds']:>10.1f}{stage['peak_rss_mb']:>14}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", default="100000,1000000",
+                        help="comma-separated row counts for full pipeline runs")
+    parser.add_argument("--transform-rows", default="10000000",
+                        help="comma-separated row counts for Transform-only runs ('' for none)")
+    parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--work-dir", default=os.path.join(REPO, "pipelines", "scale"))
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--transform-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--schema", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.transform_child:
+        transform_child(args.transform_child, args.work_dir, args.schema)
+        return 0
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    full_sizes = [int(n) for n in args.rows.split(",") if n]
+    transform_sizes = [int(n) for n in args.transform_rows.split(",") if n]
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+               "train_steps": args.train_steps, "full": {}, "transform_only": {}}
+    for rows in full_sizes:
+        results["full"][rows] = full_run(rows, args.work_dir, args.train_steps)
+        print_table(f"full pipeline, {rows:,} rows", results["full"][rows])
+    if transform_sizes:
+        if not full_sizes:
+            raise SystemExit("Transform-only runs take the schema of a full run; pass --rows too")
+        schemas = glob.glob(os.path.join(args.work_dir, f"full-{max(full_sizes)}", "SchemaGen",
+                                         "schema", "*", "schema.pbtxt"))
+        for rows in transform_sizes:
+            results["transform_only"][rows] = transform_run(rows, args.work_dir, max(schemas))
+            print_table(f"Transform only, {rows:,} rows", results["transform_only"][rows])
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(results, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
