@@ -6,7 +6,7 @@ DEMO_SERVING ?= serving_models
 HILLSTROM_CSV ?= ../shared/datasets/hillstrom/hillstrom.csv.gz
 export HILLSTROM_CSV
 
-.PHONY: setup demo test test-fast compare bench compile-kubeflow clean
+.PHONY: setup demo test test-fast compare bench compile-kubeflow image clean
 
 setup:
 	scripts/setup.sh
@@ -36,7 +36,16 @@ bench: setup
 	$(RUN) python benchmarks/train_throughput.py
 
 compile-kubeflow: setup
-	$(RUN) python -m tfx_pipeline compile --output pipelines/kubeflow/funnel-pipeline.json
+	$(RUN) python -m tfx_pipeline compile --output pipelines/kubeflow/funnel-pipeline
+
+# The pipeline image (docs/image.md): `docker build` where a Docker engine answers,
+# otherwise a `docker load` archive at $(IMAGE_ARCHIVE) written from the project's
+# Debian 13 root filesystem, with no registry needed.
+IMAGE ?= funnelstack:latest
+BASE_IMAGE ?=
+IMAGE_ARCHIVE ?= out/funnelstack-image.tar
+image:
+	IMAGE='$(IMAGE)' BASE_IMAGE='$(BASE_IMAGE)' IMAGE_ARCHIVE='$(IMAGE_ARCHIVE)' scripts/build_image.sh
 
 clean:
 	scripts/unmount.sh
