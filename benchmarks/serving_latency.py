@@ -67,7 +67,7 @@ def newest(pattern: str) -> str:
     return max(glob.glob(pattern), key=lambda p: int(p.rstrip("/").split("/")[-1]))
 
 
-def export_models(root: str, models: list[str], out: str) -> None:
+def export_models(root: str, models: list[str], out: str, xla: bool = True) -> None:
     """Exports each (untrained) model with the run's Transform graph to out/<model>/1.
 
     Models already exported there are kept, so a server may serve them meanwhile.
@@ -87,7 +87,7 @@ def export_models(root: str, models: list[str], out: str) -> None:
         model = registry.build(name, input_layout_for(spec, tft_output), task_layout_for(spec))
         if spec.chain.core_target:
             model.adapt_target(np.random.default_rng(0).lognormal(3, 1, 1000).astype("float32"))
-        export_serving_model(model, tft_output, spec, os.path.join(out, name, "1"))
+        export_serving_model(model, tft_output, spec, os.path.join(out, name, "1"), xla=xla)
 
 
 def eval_examples(root: str, count: int) -> list[bytes]:
@@ -161,12 +161,14 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=1000, help="calls at batch 1 (fewer at larger)")
     parser.add_argument("--target", help="measure this TF Serving host:port instead of the stand-in")
     parser.add_argument("--work-dir", help="keep exports and the pipeline run here")
+    parser.add_argument("--no-xla", action="store_true",
+                        help="export without XLA in the serving signatures (to see what it adds)")
     args = parser.parse_args(argv)
     models = args.models.split(",")
     work = args.work_dir or tempfile.mkdtemp(prefix="serving-bench-")
     root = run_pipeline(work)
-    models_dir = os.path.join(work, "models")
-    export_models(root, models, models_dir)
+    models_dir = os.path.join(work, "models-no-xla" if args.no_xla else "models")
+    export_models(root, models, models_dir, xla=not args.no_xla)
     examples = eval_examples(root, max(BATCH_SIZES))
     process, target = (None, args.target) if args.target else start_stand_in(models_dir, models)
     rows = []
@@ -189,7 +191,8 @@ def main(argv=None) -> int:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"# serving latency ({platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}; "
-          f"{'TF Serving at ' + args.target if args.target else 'stand-in over loopback gRPC'})")
+          f"{'TF Serving at ' + args.target if args.target else 'stand-in over loopback gRPC'}"
+          f"{'; exported without XLA' if args.no_xla else ''})")
     print("| model | path | batch | p50 ms | p99 ms | examples/s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, local, remote in rows:

@@ -87,11 +87,15 @@ def test_multi_worker_strategy_matches_a_single_device(model):
 
 
 @pytest.mark.e2e
-def test_pipeline_trains_under_mirrored_strategy(tmp_path):
+@pytest.mark.parametrize("strategy", ["mirrored", "multi_worker"])
+def test_pipeline_trains_under_a_strategy(strategy, tmp_path):
+    """multi_worker without TF_CONFIG: one worker, the chief, which keeps the model."""
     result = subprocess.run(
         [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
-         "--train-steps", "40", "--eval-steps", "5", "--min-auc", "0", "--strategy", "mirrored",
+         "--train-steps", "40", "--eval-steps", "5", "--min-auc", "0", "--strategy", strategy,
          "--pipeline-root", str(tmp_path / "pipeline"), "--serving-dir", str(tmp_path / "serving")],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "blessed; pushed to" in result.stdout
+    assert len(list((tmp_path / "serving" / "shared_bottom").glob("*/saved_model.pb"))) == 1
