@@ -117,11 +117,13 @@ def run_measured(command: list[str], log_path: str) -> list[dict]:
     return stages
 
 
-def full_run(rows: int, work_dir: str, train_steps: int) -> list[dict]:
+def full_run(rows: int, work_dir: str, train_steps: int, beam_args: str = "") -> list[dict]:
     root = os.path.join(work_dir, f"full-{rows}")
     command = [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
                "--rows", str(rows), "--train-steps", str(train_steps), "--min-auc", "0",
                "--pipeline-root", root, "--serving-dir", os.path.join(work_dir, "serving")]
+    if beam_args:
+        command += ["--beam-args", beam_args]
     return run_measured(command, os.path.join(work_dir, f"full-{rows}.log"))
 
 
@@ -177,6 +179,9 @@ def main(argv=None) -> int:
                         help="comma-separated row counts for Transform-only runs ('' for none)")
     parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument("--work-dir", default=os.path.join(REPO, "pipelines", "scale"))
+    parser.add_argument("--beam-args", default="",
+                        help="passed to the full runs, e.g. \"--direct_running_mode=multi_processing "
+                             "--direct_num_workers=2\" (default: the in-process DirectRunner)")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--transform-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
@@ -190,9 +195,10 @@ def main(argv=None) -> int:
     transform_sizes = [int(n) for n in args.transform_rows.split(",") if n]
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
-               "train_steps": args.train_steps, "full": {}, "transform_only": {}}
+               "train_steps": args.train_steps, "beam_args": args.beam_args,
+               "full": {}, "transform_only": {}}
     for rows in full_sizes:
-        results["full"][rows] = full_run(rows, args.work_dir, args.train_steps)
+        results["full"][rows] = full_run(rows, args.work_dir, args.train_steps, args.beam_args)
         print_table(f"full pipeline, {rows:,} rows", results["full"][rows])
     if transform_sizes:
         if not full_sizes:
