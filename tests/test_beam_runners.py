@@ -1,4 +1,5 @@
-"""--beam-args reach Beam: the whole pipeline on the DirectRunner's multi-processing mode."""
+"""--beam-args reach Beam: the whole pipeline on the DirectRunner's multi-processing
+mode; without --beam-args, large local inputs get worker processes."""
 
 import subprocess
 import sys
@@ -6,10 +7,10 @@ import sys
 import pytest
 
 from conftest import REPO
+from tfx_pipeline.cli import MAX_LOCAL_BEAM_WORKERS, MULTI_PROCESS_MIN_ROWS, local_beam_args
 
-pytestmark = pytest.mark.e2e
 
-
+@pytest.mark.e2e
 def test_direct_runner_multi_processing_runs_the_pipeline(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
@@ -21,3 +22,34 @@ def test_direct_runner_multi_processing_runs_the_pipeline(tmp_path):
     assert "blessed; pushed to" in result.stdout
     # Worker processes talk to the runner over gRPC; the in-memory default starts no such server.
     assert "worker_handlers:starting control server" in result.stderr
+
+
+def test_given_beam_args_are_used_as_they_are():
+    given = "--runner=DataflowRunner --project=p"
+    assert local_beam_args(given, rows=10**7, cpus=8) == ("--runner=DataflowRunner", "--project=p")
+    assert local_beam_args("--direct_running_mode=in_memory", rows=10**7, cpus=8) == (
+        "--direct_running_mode=in_memory",)
+
+
+def test_small_inputs_and_single_cpu_machines_stay_in_process():
+    assert local_beam_args("", rows=MULTI_PROCESS_MIN_ROWS - 1, cpus=8) == ()
+    assert local_beam_args("  ", rows=10**7, cpus=1) == ()
+
+
+def test_large_inputs_get_one_worker_per_cpu_up_to_the_cap():
+    assert local_beam_args("", rows=MULTI_PROCESS_MIN_ROWS, cpus=2) == (
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert local_beam_args("", rows=10**6, cpus=64)[1] == (
+        f"--direct_num_workers={MAX_LOCAL_BEAM_WORKERS}")
+
+
+def test_a_single_beam_option_is_taken_as_the_value_of_beam_args():
+    from tfx_pipeline.cli import build_parser, join_beam_args
+
+    argv = ["run", "--beam-args", "--direct_running_mode=in_memory", "--rows", "10"]
+    assert join_beam_args(argv) == ["run", "--beam-args=--direct_running_mode=in_memory",
+                                    "--rows", "10"]
+    args = build_parser().parse_args(join_beam_args(argv))
+    assert (args.beam_args, args.rows) == ("--direct_running_mode=in_memory", 10)
+    with pytest.raises(SystemExit):   # what argparse alone does with it
+        build_parser().parse_args(argv)
