@@ -1,9 +1,9 @@
 """How the pipeline's cost grows with rows: wall time and peak memory per stage.
 
 For each size in --rows, the whole pipeline runs on the synthetic funnel through
-the real CLI (`python -m tfx_pipeline run`, LocalDagRunner, Beam DirectRunner
-in its default in-process mode) in a child process. For each size in
---transform-rows, only ImportExampleGen -> ImportSchemaGen -> Transform runs
+the real CLI (`python -m tfx_pipeline run`, LocalDagRunner, Beam's DirectRunner
+as `run` chooses it or as --beam-args say) in a child process. For each size in
+--transform-rows, only ImportExampleGen -> ImportSchemaGen -> Transform runs, in one process
 (the schema is the one SchemaGen inferred in the largest full run). Stages:
 start-up (Python, TensorFlow imports) with generating the CSV, checking and
 converting it (ingest), then each component.
@@ -14,6 +14,7 @@ cost is set by --train-steps (default 1000 steps of 256 rows), not by the row
 count; the Evaluator reads the whole eval split (20 % of the rows).
 
     scripts/run python benchmarks/pipeline_scale.py                        # 100k, 1M; 10M Transform only
+    scripts/run python benchmarks/pipeline_scale.py --beam-args "--direct_running_mode=in_memory"   # one process
     scripts/run python benchmarks/pipeline_scale.py --rows 20000 --transform-rows 50000   # a smoke run
 """
 
