@@ -53,3 +53,11 @@ def test_a_single_beam_option_is_taken_as_the_value_of_beam_args():
     assert (args.beam_args, args.rows) == ("--direct_running_mode=in_memory", 10)
     with pytest.raises(SystemExit):   # what argparse alone does with it
         build_parser().parse_args(argv)
+
+
+def test_beam_args_without_a_value_is_still_an_error():
+    from tfx_pipeline.cli import build_parser, join_beam_args
+
+    assert join_beam_args(["run", "--beam-args"]) == ["run", "--beam-args"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(join_beam_args(["run", "--beam-args"]))

@@ -205,9 +205,9 @@ def command_run(args) -> int:
     beam_args = local_beam_args(args.beam_args, ingested.rows_written,
                                 os.process_cpu_count() or 1)
     if beam_args and not args.beam_args.strip():
-        print(f"{ingested.rows_written} rows: Beam's DirectRunner runs with "
-              f"{beam_args[1].split('=')[1]} worker processes (--beam-args overrides; "
-              f"\"--direct_running_mode=in_memory\" keeps it in one process)", file=sys.stderr)
+        print(f"{ingested.rows_written} rows: Beam runs with {' '.join(beam_args)} "
+              f"(--beam-args overrides; \"--direct_running_mode=in_memory\" keeps one process)",
+              file=sys.stderr)
     config = _config(args, os.path.join(ingested.examples_dir, "examples"), source.spec,
                      pipeline_root, beam_args=beam_args)
     pipeline = create_pipeline(config)
@@ -264,11 +264,14 @@ def join_beam_args(argv: list[str]) -> list[str]:
     it contains a space, so `--beam-args "--runner=DirectRunner"` (one Beam
     option) would fail with "expected one argument" while two options pass.
     """
-    joined, words = [], iter(argv)
-    for word in words:
-        if word == "--beam-args":
-            word = f"--beam-args={next(words, '')}"
-        joined.append(word)
+    joined, index = [], 0
+    while index < len(argv):
+        if argv[index] == "--beam-args" and index + 1 < len(argv):
+            joined.append(f"--beam-args={argv[index + 1]}")
+            index += 2
+        else:
+            joined.append(argv[index])
+            index += 1
     return joined
 
 
