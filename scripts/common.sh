@@ -55,3 +55,7 @@ check_rootfs_location() {
     esac
   done
 }
+
+rootfs_mounts() {  # the mount points inside the rootfs, parents before children
+  findmnt -rn -o TARGET | { grep -F "$FUNNEL_ROOTFS/" || true; }
+}

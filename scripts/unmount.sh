@@ -5,6 +5,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 [ -d "$FUNNEL_ROOTFS" ] || exit 0
-findmnt -rn -o TARGET | grep -F "$FUNNEL_ROOTFS/" | sort -r | while read -r target; do
+rootfs_mounts | sort -r | while read -r target; do
   umount -l "$target" && log "unmounted $target"
 done
