@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default=os.path.join(REPO, "pipelines", "scale"))
     parser.add_argument("--beam-args", default="",
                         help="passed to the full runs, e.g. \"--direct_running_mode=multi_processing "
-                             "--direct_num_workers=2\" (default: the in-process DirectRunner)")
+                             "--direct_num_workers=2\" (default: what `run` chooses for the row count)")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--transform-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
