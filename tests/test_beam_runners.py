@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from tfx_pipeline.cli import MAX_LOCAL_BEAM_WORKERS, MULTI_PROCESS_MIN_ROWS, local_beam_args
+from tfx_pipeline.cli import (MAX_LOCAL_BEAM_WORKERS, MULTI_PROCESS_MIN_ROWS, build_parser,
+                              join_beam_args, local_beam_args)
 
 
 @pytest.mark.e2e
@@ -44,8 +45,6 @@ def test_large_inputs_get_one_worker_per_cpu_up_to_the_cap():
 
 
 def test_a_single_beam_option_is_taken_as_the_value_of_beam_args():
-    from tfx_pipeline.cli import build_parser, join_beam_args
-
     argv = ["run", "--beam-args", "--direct_running_mode=in_memory", "--rows", "10"]
     assert join_beam_args(argv) == ["run", "--beam-args=--direct_running_mode=in_memory",
                                     "--rows", "10"]
@@ -56,8 +55,6 @@ def test_a_single_beam_option_is_taken_as_the_value_of_beam_args():
 
 
 def test_beam_args_without_a_value_is_still_an_error():
-    from tfx_pipeline.cli import build_parser, join_beam_args
-
     assert join_beam_args(["run", "--beam-args"]) == ["run", "--beam-args"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(join_beam_args(["run", "--beam-args"]))
