@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_squared_error
 
-from tfx_pipeline.metrics import nmae, normalized_gini, nrmse, spearman
+from tfx_pipeline.metrics import calibration, nmae, normalized_gini, nrmse, spearman
 
 
 def test_nrmse_and_nmae_by_hand():
@@ -30,12 +30,23 @@ def test_against_sklearn_on_random_data():
 
 def test_normalized_gini_by_hand():
     y = np.array([0.0, 1.0, 3.0])
-    # Perfect order (3, 1, 0): C = 3/4, 1, 1 -> raw 2 * (11/12) - 1 = 5/6.
+    # Perfect order (3, 1, 0): the Lorenz curve joins (0, 0), (1/3, 3/4), (2/3, 1), (1, 1);
+    # trapezoid area (1/3) * (3/8 + 7/8 + 1) = 3/4, raw Gini 2 * 3/4 - 1 = 1/2.
     assert normalized_gini(y, y) == pytest.approx(1.0)
-    # Prediction order (0, 1, 3) -- the worst: C = 0, 1/4, 1 -> raw 2 * (5/12) - 1 = -1/6.
-    assert normalized_gini(y, -y) == pytest.approx((-1 / 6) / (5 / 6))
-    # Constant predictions: one tie group, every C(k) = k/n -> raw 2 * (2/3) - 1 = 1/3.
-    assert normalized_gini(y, np.zeros(3)) == pytest.approx((1 / 3) / (5 / 6))
+    assert normalized_gini(y, 10 * y + 1) == pytest.approx(1.0)    # only the order counts
+    # Reversed order (0, 1, 3): the curve is the mirror image, area 1/4, raw -1/2.
+    assert normalized_gini(y, -y) == pytest.approx(-1.0)
+    # Order (1, 3, 0): points (1/3, 1/4), (2/3, 1), (1, 1); area (1/3) * (1/8 + 5/8 + 1)
+    # = 7/12, raw 1/6, normalised (1/6) / (1/2) = 1/3.
+    assert normalized_gini(y, np.array([0.0, 2.0, 1.0])) == pytest.approx(1 / 3)
+    # Constant predictions: one tie group, the diagonal, area 1/2, Gini 0.
+    assert normalized_gini(y, np.zeros(3)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_normalized_gini_of_a_random_ranking_is_near_zero():
+    rng = np.random.default_rng(1)
+    y = rng.lognormal(size=20000) * (rng.random(20000) < 0.1)
+    assert abs(normalized_gini(y, rng.random(20000))) < 0.05
 
 
 def test_ties_do_not_depend_on_row_order():
@@ -45,8 +56,16 @@ def test_ties_do_not_depend_on_row_order():
 
 
 def test_undefined_cases_are_nan():
-    for metric in (nrmse, nmae, normalized_gini, spearman):
+    for metric in (nrmse, nmae, normalized_gini, spearman, calibration):
         assert math.isnan(metric([], []))
-        assert math.isnan(metric([2.0, 2.0], [1.0, 3.0])) or metric is normalized_gini
+    for metric in (nrmse, nmae, normalized_gini, spearman):
+        assert math.isnan(metric([2.0, 2.0], [1.0, 3.0])), metric   # constant truth
+        assert math.isnan(metric([2.0], [1.0])), metric              # one row
     assert math.isnan(normalized_gini([0.0, 0.0], [1.0, 2.0]))  # no value to rank
+    assert math.isnan(calibration([0.0, 0.0], [1.0, 2.0]))      # zero total
     assert math.isnan(spearman([1.0, 2.0], [3.0, 3.0]))          # constant prediction
+
+
+def test_calibration_by_hand():
+    assert calibration([0.0, 2.0, 4.0], [1.0, 1.0, 1.0]) == pytest.approx(0.5)
+    assert calibration([0.0, 2.0, 4.0], [3.0, 3.0, 3.0]) == pytest.approx(1.5)

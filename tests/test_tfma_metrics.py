@@ -39,29 +39,26 @@ def reference(name, y, p):
             return math.nan
         return stats.spearmanr(y, p).statistic
     if name == "normalized_gini":
-        return gini_by_loop(y, p)
+        return gini_by_pairs(y, p)
+    if name == "calibration":
+        return p.sum() / y.sum() if y.sum() else math.nan
     raise KeyError(name)
 
 
-def gini_by_loop(y, p):
-    """Normalised Gini with explicit loops; ties share the mean of their group."""
+def gini_by_pairs(y, p):
+    """Normalised Gini by pairwise comparison, an algorithm independent of the sort in
+    tfx_pipeline.metrics: raw Gini = sum_i sum_j y_i sign(p_i - p_j) / (n sum y), which
+    equals 2 * (trapezoid area under the Lorenz curve) - 1 with ties sharing mid-ranks."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
     if y.sum() <= 0:
         return math.nan
 
     def raw(key):
-        groups = sorted(set(key), reverse=True)
-        ordered = []
-        for value in groups:
-            members = [y[i] for i in range(len(y)) if key[i] == value]
-            ordered += [sum(members) / len(members)] * len(members)
-        total, running, area = sum(ordered), 0.0, 0.0
-        for value in ordered:
-            running += value
-            area += running / total
-        return 2 * area / len(ordered) - 1
+        return sum(y[i] * np.sign(key[i] - key[j]) for i in range(len(y))
+                   for j in range(len(y))) / (len(y) * y.sum())
 
-    perfect = raw(list(y))
-    return raw(list(p)) / perfect if perfect else math.nan
+    perfect = raw(y)
+    return raw(p) / perfect if perfect > 1e-12 else math.nan
 
 
 def run_combiner(name, labels, predictions, weights=None, weighted=False, splits=3):
@@ -146,9 +143,10 @@ def test_single_valued_slice(name):
         assert math.isnan(reference(name, y, p))
 
 
-def test_numpy_gini_matches_loop_reference():
-    y, p = CASES["ties_in_predictions"]
-    assert numpy_metrics.normalized_gini(y, p) == pytest.approx(gini_by_loop(y, p))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_numpy_gini_matches_pairwise_reference(case):
+    y, p = CASES[case]
+    assert numpy_metrics.normalized_gini(y, p) == pytest.approx(gini_by_pairs(y, p))
 
 
 def test_metrics_run_inside_a_beam_pipeline():
@@ -177,3 +175,42 @@ def test_metrics_run_inside_a_beam_pipeline():
 def test_registered_for_metric_configs():
     for cls in tfma_metrics.CORE_TARGET_METRICS:
         assert metric_types.registered_metrics()[cls.__name__] is cls
+
+
+def run_log_loss(labels, predictions, weights=None, weighted=False, splits=2):
+    (computation,) = tfma_metrics.SafeLogLoss().computations(example_weighted=weighted)
+    combiner = computation.combiner
+    inputs = [metric_util.to_standard_metric_inputs({
+        "labels": np.array([y], np.float32), "predictions": np.array([p], np.float32),
+        "example_weights": np.array([1.0 if weights is None else weights[i]], np.float32)})
+        for i, (y, p) in enumerate(zip(labels, predictions))]
+    accumulators = []
+    for part in range(splits):
+        accumulator = combiner.create_accumulator()
+        for element in inputs[part::splits]:
+            accumulator = combiner.add_input(accumulator, element)
+        accumulators.append(accumulator)
+    (key,) = computation.keys
+    return combiner.extract_output(combiner.merge_accumulators(accumulators))[key]
+
+
+def test_log_loss_by_hand_and_against_sklearn():
+    # -(log 0.8 + log 0.5 + log 0.9) / 3 for labels 1, 0, 1 and p 0.8, 0.5, 0.9
+    assert run_log_loss([1, 0, 1], [0.8, 0.5, 0.9]) == pytest.approx(
+        -(math.log(0.8) + math.log(0.5) + math.log(0.9)) / 3, rel=1e-6)
+    y = (RNG.random(50) < 0.3).astype(float)
+    p = RNG.uniform(0.01, 0.99, 50).astype(np.float32)
+    assert run_log_loss(y, p) == pytest.approx(sk.log_loss(y, p), rel=1e-5)
+
+
+def test_log_loss_of_saturated_probabilities_is_finite():
+    """p exactly 1 on a positive and exactly 0 on a negative: nearly no loss, never NaN;
+    a confident mistake costs -log(1e-7)."""
+    assert run_log_loss([1, 0], [1.0, 0.0]) == pytest.approx(-math.log1p(-1e-7), abs=1e-9)
+    assert run_log_loss([0, 1], [1.0, 0.0]) == pytest.approx(-math.log(1e-7), rel=1e-6)
+
+
+def test_log_loss_weights_select_rows():
+    got = run_log_loss([1, 0, 1], [0.8, 0.5, 0.9], weights=[1, 0, 1], weighted=True)
+    assert got == pytest.approx(-(math.log(0.8) + math.log(0.9)) / 2, rel=1e-6)
+    assert math.isnan(run_log_loss([1, 0], [0.8, 0.5], weights=[0, 0], weighted=True))

@@ -1,4 +1,4 @@
-"""The core-target metrics of tfx_pipeline.metrics as TFMA custom metrics.
+"""The core-target metrics of tfx_pipeline.metrics, and a safe log loss, as TFMA metrics.
 
 In an EvalConfig:
 
@@ -6,7 +6,13 @@ In an EvalConfig:
 
 Classes and the metric names they report: MeanSquaredErrorOnSample (mse),
 MeanAbsoluteErrorOnSample (mae), NRMSE (nrmse), NMAE (nmae), NormalizedGini
-(normalized_gini), Spearman (spearman).
+(normalized_gini), Spearman (spearman), CalibrationOnSample (calibration),
+and for binary outputs SafeLogLoss (log_loss).
+
+SafeLogLoss is TFMA's binary cross-entropy with the probability clipped to
+[1e-7, 1 - 1e-7] first: TFMA's own metric computes 0 * log(0) = NaN for a
+prediction of exactly 0 or 1, which a step the features nearly determine
+produces in float32.
 
 Gini and Spearman need every (label, prediction) pair of a slice, not running
 sums, so one combiner gathers the pairs and each metric is a derived
@@ -140,8 +146,71 @@ class Spearman(_SampleMetric):
     FUNCTION = staticmethod(numpy_metrics.spearman)
 
 
-CORE_TARGET_METRICS = (MeanSquaredErrorOnSample, MeanAbsoluteErrorOnSample, NRMSE, NMAE,
-                       NormalizedGini, Spearman)
+class CalibrationOnSample(_SampleMetric):
+    NAME = "calibration"
+    FUNCTION = staticmethod(numpy_metrics.calibration)
 
-for _metric in CORE_TARGET_METRICS:
+
+CORE_TARGET_METRICS = (MeanSquaredErrorOnSample, MeanAbsoluteErrorOnSample, NRMSE, NMAE,
+                       NormalizedGini, Spearman, CalibrationOnSample)
+
+LOG_LOSS_EPSILON = 1e-7
+
+
+class _LogLossCombiner(beam.CombineFn):
+    """Running (weighted sum of clipped log loss, sum of weights) of one output and slice."""
+
+    def __init__(self, key: metric_types.MetricKey, eval_config, example_weighted: bool):
+        self._key = key
+        self._eval_config = eval_config
+        self._example_weighted = example_weighted
+
+    def create_accumulator(self):
+        return [0.0, 0.0]
+
+    def add_input(self, accumulator, element):
+        for label, prediction, weight in metric_util.to_label_prediction_example_weight(
+                element, eval_config=self._eval_config, model_name=self._key.model_name,
+                output_name=self._key.output_name, example_weighted=self._example_weighted,
+                flatten=False):
+            y = np.asarray(label, dtype=np.float64).ravel()
+            p = np.clip(np.asarray(prediction, dtype=np.float64).ravel(),
+                        LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
+            w = np.broadcast_to(np.asarray(weight, dtype=np.float64).ravel(), y.shape)
+            losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+            accumulator[0] += float(np.sum(w * losses))
+            accumulator[1] += float(np.sum(w))
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        total = [0.0, 0.0]
+        for loss, weight in accumulators:
+            total[0] += loss
+            total[1] += weight
+        return total
+
+    def extract_output(self, accumulator) -> dict:
+        loss, weight = accumulator
+        return {self._key: loss / weight if weight > 0 else float("nan")}
+
+
+class SafeLogLoss(metric_types.Metric):
+    """Mean binary cross-entropy of probabilities clipped to [1e-7, 1 - 1e-7]."""
+
+    NAME = "log_loss"
+
+    def __init__(self, name: str | None = None):
+        super().__init__(metric_util.merge_per_key_computations(self._computations),
+                         name=name or self.NAME)
+
+    def _computations(self, name: str, eval_config=None, model_name: str = "",
+                      output_name: str = "", sub_key=None, example_weighted: bool = False):
+        key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                                     sub_key=sub_key, example_weighted=example_weighted)
+        return [metric_types.MetricComputation(
+            keys=[key], preprocessors=None,
+            combiner=_LogLossCombiner(key, eval_config, example_weighted))]
+
+
+for _metric in CORE_TARGET_METRICS + (SafeLogLoss,):
     metric_types.register_metric(_metric)
