@@ -13,8 +13,9 @@ Every model can train with one of these rules (hyper-parameter `gradient_rule`):
                toward the target (last) task's gradient norm, with moving-average
                norms
 
-Only the shared variables get the rule; every other variable gets the plain
-gradient of the summed loss. Embedding gradients arrive as `tf.IndexedSlices`;
+Only the shared variables get the rule (the embedding tables, or every variable
+two tasks reach: `gradient_scope` in keras_models.base); every other variable
+gets the plain gradient of the summed loss. Embedding gradients arrive as `tf.IndexedSlices`;
 they are combined on the union of the rows the batch touched, never densified
 to the full table, so the cost grows with the batch, not the vocabulary. Rows
 no task touched have zero gradient in every task, so the result is identical to
@@ -71,6 +72,8 @@ class GradientConfig:
             raise ValueError(f"ratio_clip must be one of {RATIO_CLIPS}, got {self.ratio_clip!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError("gamma must be in [0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in [0, 1)")
 
 
 # -- the rules, on flattened task gradients G (T, N) ---------------------------
@@ -114,8 +117,22 @@ def pcgrad_combine(G):
 
 
 def metabalance_combine(G, norm_ema, config: GradientConfig):
-    """MetaBalance with the last task as target; updates `norm_ema` (T,) in place: (N,)."""
+    """MetaBalance with the last task as target; updates `norm_ema` (T,) in place: (N,).
+
+    m_t <- decay * m_t + (1 - decay) * |G_t| (m_t = |G_t| on the first step);
+    result G_T + sum_{t<T} (1 - gamma + gamma * m_T / m_t) G_t.
+
+    Under a tf.distribute strategy with R replicas each replica holds the gradient
+    of its share of the batch, scaled by 1/R. The norms are then replaced by R times
+    the replicas' mean norm, identical on every replica, so the moving averages
+    agree everywhere and keep the single-device scale; the result is linear in G
+    given the shared scales, so the replicas' sum is the rule on the whole batch.
+    """
     norms = tf.norm(G, axis=1)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        replicas = context.num_replicas_in_sync
+        norms = context.all_reduce(tf.distribute.ReduceOp.MEAN, norms) * replicas
     decay = config.ema_decay
     initialised = tf.reduce_any(norm_ema > 0.0)
     updated = tf.where(initialised, decay * norm_ema + (1.0 - decay) * norms, norms)
@@ -196,8 +213,10 @@ class GradientHandler(keras.layers.Layer):
         self.num_tasks = num_tasks
         self.norm_ema = None
         if config.rule == "metabalance":
+            # Every replica assigns the same value (see metabalance_combine).
             self.norm_ema = self.add_weight(name="norm_ema", shape=(num_tasks,),
-                                            initializer="zeros", trainable=False)
+                                            initializer="zeros", trainable=False,
+                                            aggregation="mean")
 
     def combine(self, per_task, variables):
         """per_task: T lists of gradients (one per variable) -> one combined list."""

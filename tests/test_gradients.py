@@ -7,7 +7,7 @@ import tensorflow as tf
 from funnel_data import random_batch
 from keras_models import registry
 from keras_models.gradients import (GradientConfig, flatten_task_gradients, htlnet_combine,
-                                    pcgrad_combine)
+                                    metabalance_combine, pcgrad_combine)
 from keras_models.layout import InputLayout, TaskLayout
 
 
@@ -63,17 +63,23 @@ def test_htlnet_rule_matches_numpy_reference(options):
                                rtol=1e-6)
 
 
-def test_pcgrad_matches_numpy_reference():
-    rng = np.random.default_rng(1)
-    G = rng.normal(size=(3, 10))
-    expected = np.zeros(10)
-    for t in range(3):
+def pcgrad_reference(G):
+    """PCGrad in NumPy: each task's gradient projected off every conflicting one, in order."""
+    expected = np.zeros(G.shape[1])
+    for t in range(len(G)):
         g = G[t].copy()
-        for j in range(3):
+        for j in range(len(G)):
             if j != t and g @ G[j] < 0:
                 g = g - (g @ G[j]) / (G[j] @ G[j]) * G[j]
         expected += g
-    np.testing.assert_allclose(pcgrad_combine(tf.constant(G)).numpy(), expected, rtol=1e-6)
+    return expected
+
+
+def test_pcgrad_matches_numpy_reference():
+    rng = np.random.default_rng(1)
+    G = rng.normal(size=(3, 10))
+    np.testing.assert_allclose(pcgrad_combine(tf.constant(G)).numpy(), pcgrad_reference(G),
+                               rtol=1e-6)
 
 
 def test_sparse_gradients_combine_on_touched_rows_only():
@@ -97,6 +103,9 @@ TASKS = TaskLayout(("click", "buy"), "amount")
 
 
 def model_and_batch(rule):
+    import keras
+
+    keras.utils.set_random_seed(0)
     model = registry.build("shared_bottom", INPUTS, TASKS,
                            {"embedding_dim": 4, "gradient_rule": rule, "gradient_gamma": 0.3})
     features, labels = random_batch(INPUTS, 32, seed=2)
@@ -175,3 +184,80 @@ def test_regularisation_reaches_the_shared_variables_under_a_rule():
         table = model.embedding.table.numpy().reshape(-1)
     np.testing.assert_allclose(table_gradients[0.25] - table_gradients[0.0], 2 * 0.25 * table,
                                rtol=1e-4, atol=1e-7)
+
+
+def metabalance_reference(gradients, decay, gamma):
+    """MetaBalance over a sequence of G (T, N) in NumPy: moving-average norms (the first
+    step takes the norms as they are), auxiliary gradients rescaled toward the target's."""
+    ema, results = None, []
+    for G in gradients:
+        norms = np.linalg.norm(G, axis=1)
+        ema = norms if ema is None else decay * ema + (1 - decay) * norms
+        scale = 1 - gamma + gamma * ema[-1] / ema[:-1]
+        results.append(G[-1] + (scale[:, None] * G[:-1]).sum(axis=0))
+    return results, ema
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 0.9])
+def test_metabalance_matches_numpy_over_several_steps(decay):
+    rng = np.random.default_rng(5)
+    sequence = [rng.normal(size=(3, 20)) * np.array([[0.01], [1.0], [5.0]]) for _ in range(4)]
+    config = GradientConfig(rule="metabalance", gamma=0.7, ema_decay=decay)
+    ema = tf.Variable(tf.zeros(3, tf.float64))
+    got = [metabalance_combine(tf.constant(G), ema, config).numpy() for G in sequence]
+    expected, expected_ema = metabalance_reference(sequence, decay, 0.7)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)   # the rule adds 1e-12 to norms
+    np.testing.assert_allclose(ema.numpy(), expected_ema, rtol=1e-10)
+
+
+def test_ema_decay_is_a_hyper_parameter():
+    model = registry.build("shared_bottom", INPUTS, TASKS,
+                           {"gradient_rule": "metabalance", "ema_decay": 0.25})
+    assert model.gradient_handler.config.ema_decay == 0.25
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        registry.build("shared_bottom", INPUTS, TASKS,
+                       {"gradient_rule": "metabalance", "ema_decay": 1.0})
+
+
+@pytest.mark.parametrize("rule,scope", [("htlnet", "embeddings"), ("pcgrad", "shared"),
+                                        ("metabalance", "shared"), ("none", "embeddings")])
+def test_auto_scope_follows_the_papers(rule, scope):
+    model = registry.build("shared_bottom", INPUTS, TASKS, {"gradient_rule": rule})
+    assert model.gradient_scope == scope
+
+
+def test_shared_scope_covers_every_variable_two_tasks_reach():
+    model = registry.build("shared_bottom", INPUTS, TASKS,
+                           {"embedding_dim": 4, "gradient_rule": "pcgrad", "gradient_scope": "shared"})
+    features, labels = random_batch(INPUTS, 16)
+    model.adapt_target(labels["amount"], labels["buy"])
+    names = {v.path for v in model.shared_scope_variables((features, labels))}
+    expected = {v.path for v in model.embedding.trainable_variables}
+    expected |= {v.path for v in model.bottom.trainable_variables}
+    assert names == expected
+    assert not any("tower" in n or "head" in n for n in names)
+
+
+def test_shared_scope_applies_pcgrad_to_the_bottom_too():
+    """PCGrad on the concatenation of every shared variable's per-task gradient."""
+    model = registry.build("shared_bottom", INPUTS, TASKS,
+                           {"embedding_dim": 4, "gradient_rule": "pcgrad", "gradient_scope": "shared"})
+    features, labels = random_batch(INPUTS, 32, seed=4)
+    model.adapt_target(labels["amount"], labels["buy"])
+    with tf.GradientTape(persistent=True) as tape:
+        fields = model.embedding(features)
+        outputs = model._outputs(model.compute_heads(fields, training=True))
+        losses = model.training_losses(labels, outputs)
+        total = sum(losses.values())
+    got = model.compute_gradients(tape, fields, losses, total)
+    shared = [v for v in model.trainable_variables
+              if any(v is s for s in model.shared_scope_variables((features, labels)))]
+    per_task = np.stack([np.concatenate([dense(g) for g in tape.gradient(losses[t], shared)])
+                         for t in TASKS.label_names])
+    expected = pcgrad_reference(per_task)
+    by_id = {id(v): g for v, g in zip(model.trainable_variables, got)}
+    np.testing.assert_allclose(np.concatenate([dense(by_id[id(v)]) for v in shared]), expected,
+                               rtol=1e-4, atol=1e-8)
+    plain = np.concatenate([dense(g) for g in tape.gradient(total, shared)])
+    assert np.abs(expected - plain).max() > 1e-6   # the rule changed something
