@@ -39,3 +39,30 @@ def test_features_carry_signal(large):
     top = large.loc[large["position"] <= 3, "click"].mean()
     bottom = large.loc[large["position"] >= 18, "click"].mean()
     assert top > bottom * 1.5
+
+
+def test_true_expectations_agree_with_the_draws(large):
+    """The truth the generator reports matches what it drew: overall means within a few
+    standard errors, and binned by the true P(click) the observed rate follows it."""
+    import numpy as np
+
+    from transform.datasets.synthetic import true_expectations
+
+    truth = true_expectations(large, FunnelConfig(seed=3, click_rate=0.1, conversion_rate=0.2))
+    assert set(truth) == {"click", "conversion", "revenue"}
+    assert truth["click"].mean() == pytest.approx(large["click"].mean(), abs=0.0017)
+    assert truth["conversion"].mean() == pytest.approx(large["conversion"].mean(), abs=0.0008)
+    # Revenue: std of the mean at n = 300k is about 0.1% of the total per row's spread.
+    standard_error = large["revenue"].std() / np.sqrt(len(large))
+    assert truth["revenue"].mean() == pytest.approx(large["revenue"].mean(), abs=4 * standard_error)
+    assert np.all(truth["conversion"] <= truth["click"])
+    bins = np.quantile(truth["click"], np.linspace(0, 1, 11))
+    index = np.clip(np.searchsorted(bins, truth["click"]) - 1, 0, 9)
+    for b in range(10):
+        rows = index == b
+        expected = truth["click"][rows].mean()
+        observed = large["click"].to_numpy()[rows].mean()
+        assert observed == pytest.approx(expected, abs=4 * np.sqrt(expected / rows.sum()) + 1e-3)
+    # A different world gives different truths for the same rows.
+    other = true_expectations(large, FunnelConfig(seed=4, click_rate=0.1, conversion_rate=0.2))
+    assert np.abs(other["click"] - truth["click"]).mean() > 0.02

@@ -66,6 +66,8 @@ _DEVICES = ("mobile", "desktop", "tablet")
 _DEVICE_SHARE = (0.6, 0.3, 0.1)
 _DEVICE_CLICK = np.array([0.2, 0.0, -0.3])
 _DEVICE_CONVERSION = np.array([-0.3, 0.4, 0.0])
+_QUANTITY_RATE = 0.3          # quantity = 1 + Poisson(rate * activity)
+_REVENUE_NOISE_SIGMA = 0.3    # revenue = price * quantity * lognormal(0, sigma)
 
 
 def _sigmoid(x):
@@ -100,11 +102,19 @@ def _draw(world: _World, config: FunnelConfig, n: int, rng) -> dict:
     segment = rng.integers(0, len(world.segment_vectors), n)
     activity = rng.gamma(2.0, 1.5, n)
     item = np.minimum(rng.zipf(1.3, n) - 1, config.items - 1)
-    category = world.item_category[item]
     price = world.item_base_price[item] * np.exp(rng.normal(0, 0.1, n))
     device = rng.choice(len(_DEVICES), n, p=_DEVICE_SHARE)
     hour = rng.integers(0, 24, n)
     position = rng.integers(1, config.max_position + 1, n)
+    return _with_logits(world, dict(segment=segment, activity=activity, item=item, price=price,
+                                    device=device, hour=hour, position=position))
+
+
+def _with_logits(world: _World, rows: dict) -> dict:
+    """Adds the item category and the click and conversion logits to drawn features."""
+    segment, activity, item, price = rows["segment"], rows["activity"], rows["item"], rows["price"]
+    device, hour, position = rows["device"], rows["hour"], rows["position"]
+    category = world.item_category[item]
     affinity = np.einsum("nd,nd->n", world.segment_vectors[segment],
                          world.category_vectors[category]) / 2
     evening = np.cos((hour - 20) / 24 * 2 * np.pi)
@@ -114,8 +124,7 @@ def _draw(world: _World, config: FunnelConfig, n: int, rng) -> dict:
     conversion_logit = (world.conversion_intercept + 0.7 * affinity - 0.5 * (np.log(price) - 3.2)
                         + 0.5 * world.item_quality[item] + _DEVICE_CONVERSION[device]
                         + 0.4 * np.log1p(activity))
-    return dict(segment=segment, activity=activity, item=item, category=category, price=price,
-                device=device, hour=hour, position=position, click_logit=click_logit,
+    return dict(rows, category=category, click_logit=click_logit,
                 conversion_logit=conversion_logit)
 
 
@@ -145,8 +154,9 @@ def generate(config: FunnelConfig = FunnelConfig()) -> pd.DataFrame:
     rows = _draw(world, config, n, rng)
     click = rng.random(n) < _sigmoid(rows["click_logit"])
     conversion = click & (rng.random(n) < _sigmoid(rows["conversion_logit"]))
-    quantity = 1 + rng.poisson(0.3 * rows["activity"])
-    revenue = np.where(conversion, rows["price"] * quantity * np.exp(rng.normal(0, 0.3, n)), 0.0)
+    quantity = 1 + rng.poisson(_QUANTITY_RATE * rows["activity"])
+    revenue = np.where(conversion, rows["price"] * quantity
+                       * np.exp(rng.normal(0, _REVENUE_NOISE_SIGMA, n)), 0.0)
     return pd.DataFrame({
         "user_segment": [f"seg_{s:02d}" for s in rows["segment"]],
         "user_activity": np.round(rows["activity"], 4),
@@ -160,6 +170,32 @@ def generate(config: FunnelConfig = FunnelConfig()) -> pd.DataFrame:
         "conversion": conversion.astype(int),
         "revenue": np.round(revenue, 2),
     })
+
+
+def true_expectations(frame: pd.DataFrame, config: FunnelConfig = FunnelConfig()) -> dict:
+    """What the generating model says about each row of `frame` (columns as `generate`
+    writes them): the true P(click), P(conversion) on the impression space and
+    E[revenue], each a float64 array of shape (rows,).
+
+    E[revenue | x] = P(click) P(conversion | click) price (1 + 0.3 activity) e^(0.3^2 / 2):
+    quantity is 1 + Poisson(0.3 activity) and the noise log-normal(0, 0.3). The
+    features are read as written (activity to 4, price to 2 decimals), so the values
+    are exact up to that rounding.
+    """
+    world = _make_world(config)
+    rows = _with_logits(world, dict(
+        segment=np.array([int(s.split("_")[1]) for s in frame["user_segment"]]),
+        activity=frame["user_activity"].to_numpy(np.float64),
+        item=frame["item_id"].to_numpy(np.int64),
+        price=frame["item_price"].to_numpy(np.float64),
+        device=np.array([_DEVICES.index(d) for d in frame["device"]]),
+        hour=frame["hour"].to_numpy(np.int64),
+        position=frame["position"].to_numpy(np.int64)))
+    click = _sigmoid(rows["click_logit"])
+    conversion = click * _sigmoid(rows["conversion_logit"])
+    value = (rows["price"] * (1 + _QUANTITY_RATE * rows["activity"])
+             * np.exp(_REVENUE_NOISE_SIGMA ** 2 / 2))
+    return {"click": click, "conversion": conversion, "revenue": conversion * value}
 
 
 def write_csv(path: str, config: FunnelConfig = FunnelConfig()) -> str:
