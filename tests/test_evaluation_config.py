@@ -42,16 +42,21 @@ def test_each_output_has_its_label_and_sample_space(config):
 def test_metrics_per_kind(config):
     by_output = {s.output_names[0]: [m.class_name for m in s.metrics] for s in config.metrics_specs}
     for output in ("visit_prob", "conversion_prob", "conversion_prob_given_visit"):
-        assert by_output[output] == ["ExampleCount", "AUC", "BinaryCrossEntropy", "Calibration",
+        assert by_output[output] == ["ExampleCount", "AUC", "SafeLogLoss", "Calibration",
                                      "MeanLabel", "MeanPrediction", "CalibrationPlot"]
+        log_loss = next(m for m in next(s for s in config.metrics_specs
+                                        if s.output_names[0] == output).metrics
+                        if m.class_name == "SafeLogLoss")
+        assert log_loss.module == "tfx_pipeline.tfma_metrics"
     for output in ("spend_pred", "spend_pred_given_conversion"):
         assert by_output[output] == ["ExampleCount", "MeanSquaredErrorOnSample",
                                      "MeanAbsoluteErrorOnSample", "NRMSE", "NMAE",
-                                     "NormalizedGini", "Spearman", "MeanLabel", "MeanPrediction"]
+                                     "NormalizedGini", "Spearman", "CalibrationOnSample",
+                                     "MeanLabel", "MeanPrediction"]
         custom = [m for m in next(s for s in config.metrics_specs
                                   if s.output_names[0] == output).metrics if m.module]
         assert {m.module for m in custom} == {"tfx_pipeline.tfma_metrics"}
-        assert len(custom) == 6
+        assert len(custom) == 7
 
 
 def test_slices_come_from_the_spec_including_a_cross(config):
@@ -69,6 +74,12 @@ def test_gates_on_all_rows_outputs_overall_slice(config):
     (gini,) = thresholds(config, "spend_pred", "NormalizedGini")
     assert gini.change_threshold.absolute.value == pytest.approx(-0.03)
     assert not gini.HasField("value_threshold")
+    (calibration,) = thresholds(config, "spend_pred", "CalibrationOnSample")
+    assert calibration.value_threshold.lower_bound.value == pytest.approx(0.8)
+    assert calibration.value_threshold.upper_bound.value == pytest.approx(1.25)
+    (nrmse,) = thresholds(config, "spend_pred", "NRMSE")
+    assert nrmse.value_threshold.upper_bound.value == pytest.approx(1.0)
+    assert not nrmse.value_threshold.HasField("lower_bound")
     # Narrow sample spaces are reported, not gated: their counts are small.
     assert thresholds(config, "conversion_prob_given_visit", "AUC") == []
     assert thresholds(config, "spend_pred_given_conversion", "NormalizedGini") == []
@@ -91,6 +102,33 @@ def test_failure_messages_name_output_metric_value_and_bound():
     failure.metric_threshold.value_threshold.lower_bound.value = 0.55
     assert results.describe_failure(failure, "Overall") == (
         "visit_prob auc = 0.5100 on slice Overall, required >= 0.55")
+
+
+def test_nan_failure_names_the_reason():
+    failure = validation_result_pb2.ValidationFailure()
+    failure.metric_key.output_name = "spend_pred"
+    failure.metric_key.name = "calibration"
+    failure.metric_value.double_value.value = float("nan")
+    failure.metric_threshold.value_threshold.lower_bound.value = 0.8
+    message = results.describe_failure(failure, "Overall")
+    assert message.startswith("spend_pred calibration is NaN on slice Overall: the metric is "
+                              "undefined there")
+
+
+@pytest.mark.parametrize("metric,value,passes", [
+    ("calibration", 1.0, True), ("calibration", 0.79, False), ("calibration", 1.26, False),
+    ("calibration", float("nan"), False), ("nrmse", 0.99, True), ("nrmse", 1.01, False),
+    ("nrmse", float("nan"), False)])
+def test_tfma_validator_applies_the_core_gates(config, metric, value, passes):
+    """TFMA's own validator on the generated config: out-of-band and NaN values fail."""
+    from tensorflow_model_analysis.evaluators import metrics_validator
+    from tensorflow_model_analysis.metrics import metric_types
+
+    key = metric_types.MetricKey(name=metric, output_name="spend_pred", example_weighted=False)
+    result = metrics_validator.validate_metrics(((), {key: value}), config)
+    failed = [(f.metric_key.output_name, f.metric_key.name)
+              for s in result.metric_validations_per_slice for f in s.failures]
+    assert (("spend_pred", metric) not in failed) == passes
 
 
 def test_calibration_bins_merge_buckets_by_equal_weight():

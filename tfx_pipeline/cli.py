@@ -79,6 +79,16 @@ def pipeline_name(dataset: str, model: str) -> str:
     return f"funnel-{dataset}-{model}".replace("_", "-")
 
 
+def _band(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    if not 0 < low < high:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW < HIGH, got {text!r}")
+    return low, high
+
+
 def _add_model_args(parser):
     parser.add_argument("--dataset", default="synthetic", help="synthetic | hillstrom | csv")
     parser.add_argument("--spec", help="dataset spec file (YAML/JSON); required for --dataset csv")
@@ -101,6 +111,12 @@ def _add_model_args(parser):
                              "blessed model's")
     parser.add_argument("--max-gini-drop", type=float, default=0.05,
                         help="the same for the core target's normalised Gini")
+    parser.add_argument("--core-calibration", type=_band, default=(0.8, 1.25), metavar="LOW,HIGH",
+                        help="bless only if the core target's mean prediction / mean label on "
+                             "eval (all rows) is within this band (default 0.8,1.25)")
+    parser.add_argument("--max-core-nrmse", type=float, default=1.0,
+                        help="bless only if the core target's NRMSE on eval (all rows) is at "
+                             "most this; 1.0 is the error of predicting the mean everywhere")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +182,8 @@ def _config(args, examples_dir, spec, pipeline_root: str, name: str | None = Non
         train_steps=args.train_steps if train_steps is None else train_steps,
         eval_steps=args.eval_steps, batch_size=args.batch_size, seed=args.seed,
         strategy=args.strategy,
-        gates=Gates(args.min_auc, args.max_auc_drop, args.max_gini_drop),
+        gates=Gates(args.min_auc, args.max_auc_drop, args.max_gini_drop, args.core_calibration,
+                    args.max_core_nrmse),
         beam_args=tuple(args.beam_args.split()) if beam_args is None else beam_args,
         code_fingerprint=code_fingerprint(),
         schema_path=os.path.abspath(args.schema) if getattr(args, "schema", None) else None)
@@ -216,9 +233,12 @@ def command_run(args) -> int:
 
     outcome = results.last_run_outcome(config.metadata_path)
     if outcome.evaluation_uri:
-        for output, metrics in sorted(results.overall_metrics(outcome.evaluation_uri).items()):
+        overall = results.overall_metrics(outcome.evaluation_uri)
+        for output, metrics in sorted(overall.items()):
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
             print(f"eval {output}: {shown}")
+        for line in results.calibration_warnings(overall):
+            print(f"warning: {line}")
     if outcome.blessed and outcome.already_serving:
         print(f"blessed; already serving as {outcome.pushed_destination} (not pushed again)")
     elif outcome.blessed:

@@ -5,16 +5,19 @@ TFMA reads the SavedModel's `evaluation` signature, whose outputs are listed by
 space. A narrower sample space (CVR on clicked rows, revenue on converted
 rows) is an example weight: the 0/1 label of the step that selects the rows.
 
-  binary outputs      example_count, auc, binary_cross_entropy, calibration
-                      (mean prediction / mean label), mean_label,
-                      mean_prediction, and a calibration plot
+  binary outputs      example_count, auc, log_loss (clipped, never NaN;
+                      tfx_pipeline.tfma_metrics), calibration (mean prediction /
+                      mean label), mean_label, mean_prediction, and a
+                      calibration plot
   regression outputs  example_count, mse, mae, nrmse, nmae, normalized_gini,
-                      spearman (tfx_pipeline.tfma_metrics), mean_label,
-                      mean_prediction
+                      spearman, calibration (tfx_pipeline.tfma_metrics),
+                      mean_label, mean_prediction
 
 Every output is sliced by the spec's slices (crosses included). `Gates`
 decides the blessing; gates look at the overall slice only, where the counts
-are large enough to tell a worse model from noise.
+are large enough to tell a worse model from noise. Every gate is a TFMA
+threshold, and TFMA fails a threshold whose metric is NaN (no comparison with
+NaN holds), so an undefined metric is never blessed.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from tfx_pipeline.trainer import task_layout_for
 from transform.spec import DatasetSpec
 
 CUSTOM_METRICS_MODULE = "tfx_pipeline.tfma_metrics"
-BINARY_METRICS = ("ExampleCount", "AUC", "BinaryCrossEntropy", "Calibration", "MeanLabel",
+BINARY_METRICS = ("ExampleCount", "AUC", "SafeLogLoss", "Calibration", "MeanLabel",
                   "MeanPrediction")
+CUSTOM_BINARY_METRICS = ("SafeLogLoss",)
 REGRESSION_METRICS = ("MeanSquaredErrorOnSample", "MeanAbsoluteErrorOnSample", "NRMSE", "NMAE",
-                      "NormalizedGini", "Spearman")
+                      "NormalizedGini", "Spearman", "CalibrationOnSample")
 CALIBRATION_BUCKETS = 1000   # fine buckets; the report merges them into equal-count bins
 
 
@@ -45,13 +49,19 @@ class Gates:
       max_auc_drop: how far each step's AUC on all rows may fall below the latest
         blessed model's on the same evaluation data.
       max_gini_drop: the same for the core target's normalised Gini on all rows.
+      core_calibration: (low, high) band for the core target's mean prediction /
+        mean label on all rows: a head off by a factor is refused.
+      max_core_nrmse: upper bound on the core target's NRMSE on all rows; 1.0 is
+        the error of predicting the mean for every row.
     The change gates apply from the second blessed run on; the first run has
-    no baseline and is judged by the absolute gate alone.
+    no baseline and is judged by the absolute gates alone.
     """
 
     min_auc: float = 0.55
     max_auc_drop: float = 0.02
     max_gini_drop: float = 0.05
+    core_calibration: tuple[float, float] = (0.8, 1.25)
+    max_core_nrmse: float = 1.0
 
 
 def _overall(threshold: config_pb2.MetricThreshold) -> list:
@@ -75,13 +85,21 @@ def _thresholds(output: EvalOutput, metric: str, gates: Gates):
     if metric == "NormalizedGini":
         return _overall(config_pb2.MetricThreshold(
             change_threshold=_no_worse_than_baseline(gates.max_gini_drop)))
+    if metric == "CalibrationOnSample":
+        low, high = gates.core_calibration
+        return _overall(config_pb2.MetricThreshold(value_threshold=config_pb2.GenericValueThreshold(
+            lower_bound={"value": low}, upper_bound={"value": high})))
+    if metric == "NRMSE":
+        return _overall(config_pb2.MetricThreshold(value_threshold=config_pb2.GenericValueThreshold(
+            upper_bound={"value": gates.max_core_nrmse})))
     return None
 
 
 def _metrics_spec(output: EvalOutput, gates: Gates) -> config_pb2.MetricsSpec:
     if output.kind == "binary":
-        metrics = [config_pb2.MetricConfig(class_name=name,
-                                     per_slice_thresholds=_thresholds(output, name, gates))
+        metrics = [config_pb2.MetricConfig(
+                       class_name=name, per_slice_thresholds=_thresholds(output, name, gates),
+                       module=CUSTOM_METRICS_MODULE if name in CUSTOM_BINARY_METRICS else "")
                    for name in BINARY_METRICS]
         metrics.append(config_pb2.MetricConfig(class_name="CalibrationPlot",
                                          config=f'"num_buckets": {CALIBRATION_BUCKETS}'))

@@ -33,20 +33,24 @@ from tfx_pipeline import results
 
 HEADLINE = {"binary": "auc", "regression": "normalized_gini"}
 COLUMNS = {
-    "binary": ("example_count", "auc", "binary_crossentropy", "calibration", "mean_label",
+    "binary": ("example_count", "auc", "log_loss", "calibration", "mean_label",
                "mean_prediction"),
     "regression": ("example_count", "mse", "mae", "nrmse", "nmae", "normalized_gini", "spearman",
-                   "mean_label", "mean_prediction"),
+                   "calibration", "mean_label", "mean_prediction"),
 }
 DEFINITIONS = (
     ("auc", "area under the ROC curve of the probability against the 0/1 label"),
-    ("binary_crossentropy", "mean of -[y log p + (1 - y) log(1 - p)]"),
-    ("calibration", "mean prediction / mean label; 1 is calibrated, above 1 over-predicts"),
+    ("log_loss", "mean of -[y log p + (1 - y) log(1 - p)], p clipped to [1e-7, 1 - 1e-7]"),
+    ("calibration", "mean prediction / mean label; 1 is calibrated, above 1 over-predicts; "
+                    f"outside {results.CALIBRATION_BAND[0]:g}-{results.CALIBRATION_BAND[1]:g} "
+                    "it is flagged"),
     ("mse, mae", "mean squared / absolute error on the target's original scale"),
     ("nrmse", "RMSE / std(y): 1.0 is the error of always predicting the mean"),
     ("nmae", "MAE / mean|y - mean(y)|: the same for absolute error"),
-    ("normalized_gini", "Gini of the ranking by prediction divided by the Gini of the perfect "
-                        "ranking (tied predictions share their group's mean); 1 perfect, 0 random"),
+    ("normalized_gini", "Gini of the ranking by prediction (twice the trapezoid area under the "
+                        "Lorenz curve, minus 1) divided by the Gini of the perfect ranking; tied "
+                        "predictions share their group's mean; 1 perfect, 0 constant or random, "
+                        "-1 reversed"),
     ("spearman", "rank correlation of prediction and label, average ranks for ties"),
 )
 MAX_SLICE_BARS = 30   # slices with more values show the largest by example count
@@ -155,6 +159,19 @@ def metrics_table(evaluation: Evaluation) -> str:
             + "</tr>" for o in outputs)
         parts.append(f"<table><tr>{head}</tr>{rows}</table>")
     return "\n".join(parts)
+
+
+def calibration_flags(evaluation: Evaluation) -> str:
+    """The outputs whose calibration leaves results.CALIBRATION_BAND, as an HTML list."""
+    overall: dict[str, dict[str, float]] = defaultdict(dict)
+    for (output, metric), value in _overall(evaluation).items():
+        overall[output][metric] = value
+    lines = results.calibration_warnings(overall)
+    if not lines:
+        return "<p class=ok>Every output's calibration is within " \
+               f"{results.CALIBRATION_BAND[0]:g}-{results.CALIBRATION_BAND[1]:g}.</p>"
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<p class=bad>Calibration warnings:</p><ul class=bad>{items}</ul>"
 
 
 def comparison(evaluation: Evaluation) -> tuple[str, bytes | None]:
@@ -290,6 +307,7 @@ def render(evaluation: Evaluation, output_dir: str) -> str:
         f"TFMA output <code>{html.escape(evaluation.evaluation_uri)}</code></p>",
         verdict,
         "<h2>Per-task metrics (overall slice)</h2>", metrics_table(evaluation),
+        calibration_flags(evaluation),
         "<h2>Candidate vs latest blessed model</h2>", table]
     if chart:
         sections.append(_image("comparison.png", chart, output_dir))

@@ -42,6 +42,10 @@ def describe_failure(failure, where: str) -> str:
     key = failure.metric_key
     value = failure.metric_value.double_value.value
     threshold = failure.metric_threshold
+    if value != value:
+        return (f"{key.output_name} {key.name} is NaN on slice {where}: the metric is undefined "
+                f"there (for example one class only, a constant label, or a prediction that "
+                f"is not a number), and an undefined metric never passes a gate")
     if threshold.HasField("change_threshold"):
         allowed = threshold.change_threshold.absolute.value
         return (f"{key.output_name} {key.name} changed by {value:+.4f} against the latest blessed "
@@ -147,6 +151,28 @@ def read_metrics(evaluation_uri: str) -> list[MetricValue]:
                 slice_key, key.model_name, key.output_name, key.name, entry.value.double_value.value,
                 key.is_diff, key.HasField("example_weighted") and key.example_weighted.value))
     return values
+
+
+CALIBRATION_BAND = (0.9, 1.1)
+
+
+def calibration_warnings(overall: dict[str, dict[str, float]],
+                         band: tuple[float, float] = CALIBRATION_BAND) -> list[str]:
+    """One line per output whose calibration (mean prediction / mean label) on the
+    overall slice leaves `band`, or is undefined. `overall`: output -> metric -> value."""
+    low, high = band
+    lines = []
+    for output, metrics in sorted(overall.items()):
+        value = metrics.get("calibration")
+        if value is None:
+            continue
+        if value != value:
+            lines.append(f"{output}: calibration undefined (no positive label)")
+        elif not low <= value <= high:
+            direction = "over" if value > high else "under"
+            lines.append(f"{output}: calibration {value:.3f} outside {low:g}-{high:g} "
+                         f"({direction}-predicts by {abs(value - 1):.0%})")
+    return lines
 
 
 def overall_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
