@@ -43,7 +43,7 @@ class AITM(MultiTaskModel):
                           for l in labels[:-1]]
         self.attention = [TaskAttention(width, 2, name=f"ait_{l}") for l in labels[1:]]
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{l}") for l in labels]
-        self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
+        self.heads = self.output_layers()
 
     def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
@@ -52,6 +52,6 @@ class AITM(MultiTaskModel):
         for t in range(1, len(bottoms)):
             carried = self.transfers[t - 1](fused[t - 1])
             fused.append(self.attention[t - 1]([carried, bottoms[t]]))
-        logits = [ops.squeeze(head(tower(z, training=training)), -1)
+        logits = [head(tower(z, training=training))
                   for z, tower, head in zip(fused, self.towers, self.heads)]
         return marginal_heads(self.task_layout, logits)

@@ -284,7 +284,7 @@ class APEM(MultiTaskModel):
                                         hp.selector, hp.adaptive_indicators, hp.selector_skip,
                                         name="pattern_selector")
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{l}") for l in labels]
-        self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
+        self.heads = self.output_layers()
 
     def patterns(self, inputs):
         """P (B, F, d) and the last SE gates (B, F), from raw model inputs."""
@@ -293,7 +293,7 @@ class APEM(MultiTaskModel):
     def compute_heads(self, fields, training=False) -> Heads:
         patterns = self.transformer(fields)
         selections = self.selector(patterns)
-        logits = [ops.squeeze(head(tower(r, training=training)), -1)
+        logits = [head(tower(r, training=training))
                   for r, tower, head in zip(selections, self.towers, self.heads)]
         if self.objective == "constrained":
             return marginal_heads(self.task_layout, logits)

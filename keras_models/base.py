@@ -1,8 +1,9 @@
 """The base class every multi-task model derives from.
 
-Subclasses build their layers and implement `compute_heads`, which returns the
-marginal probability of each binary step and, where the chain has one, the
-core-target prediction on the scaled training scale. The base class embeds
+Subclasses build their layers (with one output layer per label from
+`output_layers`) and implement `compute_heads`, which returns the marginal
+probability of each binary step and, where the chain has one, the core tower's
+raw output. The base class embeds
 the inputs (FieldEmbedding, shared by every task) and hands the embedded fields
 (batch, F, d) to `compute_heads`; it turns heads into the output contract (see
 `layout`), owns the losses and the training step, and tracks one loss per task.
@@ -13,7 +14,8 @@ Objectives for the binary steps (`objective`; MODELS.md §B.1):
                       conditional rate (needs a model that predicts conditionals)
   constrained         entire_space plus a penalty
                       lambda * mean(sum_s max(m_s - m_{s-1}, 0)), reported as "constraint"
-The core target always has mean (z_hat - scale(y))^2 over all rows.
+The core target's loss and its prediction E[y | x] belong to the core head
+(keras_models.core_heads, `TaskLayout.core_head`).
 """
 
 from __future__ import annotations
@@ -26,30 +28,39 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_models.core_heads import make_core_head, masked_mean
 from keras_models.gradients import GradientConfig, GradientHandler
-from keras_models.layers import PACKAGE, FieldEmbedding, TargetScaler
-from keras_models.layout import (SCORE_KEY, InputLayout, TaskLayout, conditional_key, pred_key,
-                                 prob_key, scaled_key)
+from keras_models.layers import PACKAGE, FieldEmbedding
+from keras_models.layout import (PROBABILITY_EPSILON, SCORE_KEY, InputLayout, TaskLayout,
+                                 conditional_key, pred_key, prob_key, raw_key)
 
 _EPSILON = 1e-7
+GRADIENT_SCOPES = ("auto", "embeddings", "shared")
 
 
 @dataclasses.dataclass(frozen=True)
 class CommonHParams:
     """Hyper-parameters every model has; model classes extend this dataclass.
 
-    The gradient_* fields select how per-task gradients on the shared embeddings
-    are combined (see keras_models.gradients).
+    The gradient_* fields select how per-task gradients are combined (see
+    keras_models.gradients) and on which variables (`gradient_scope`):
+      embeddings  the field embedding tables only (HTLNet's regime, MODELS.md §A.6)
+      shared      every variable more than one task's loss reaches (the embedding
+                  tables, a shared bottom, experts, APEM's transformer), the shared
+                  parameters PCGrad and MetaBalance are defined on
+      auto        embeddings for the htlnet rule, shared for pcgrad and metabalance
     """
 
     embedding_dim: int = 16
     learning_rate: float = 1e-3
     gradient_rule: str = "none"
+    gradient_scope: str = "auto"
     gradient_gamma: float = 0.1
     gradient_cap: float = 10.0
     projection_strength: float = 1.0
     norm_timing: str = "after_projection"
     ratio_clip: str = "upper"
+    ema_decay: float = 0.9
 
     @classmethod
     def from_dict(cls, values):
@@ -58,7 +69,17 @@ class CommonHParams:
     def gradient_config(self) -> GradientConfig:
         return GradientConfig(rule=self.gradient_rule, gamma=self.gradient_gamma,
                               cap=self.gradient_cap, projection_strength=self.projection_strength,
-                              norm_timing=self.norm_timing, ratio_clip=self.ratio_clip)
+                              norm_timing=self.norm_timing, ratio_clip=self.ratio_clip,
+                              ema_decay=self.ema_decay)
+
+    @property
+    def resolved_gradient_scope(self) -> str:
+        if self.gradient_scope not in GRADIENT_SCOPES:
+            raise ValueError(f"gradient_scope must be one of {GRADIENT_SCOPES}, "
+                             f"got {self.gradient_scope!r}")
+        if self.gradient_scope != "auto":
+            return self.gradient_scope
+        return "embeddings" if self.gradient_rule in ("none", "htlnet") else "shared"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,33 +87,40 @@ class Heads:
     """What a model predicts before the output contract is applied.
 
     probs: step -> (batch,) marginal probability on the impression space.
-    core_scaled: (batch,) core-target prediction on the scaled scale, or None.
+    core: (batch, units) raw output of the core tower, or None.
     conditionals: step -> (batch,) P(step | previous step), for models that
       factorise the chain; None otherwise.
     """
 
     probs: Mapping[str, object]
-    core_scaled: object = None
+    core: object = None
     conditionals: Mapping[str, object] | None = None
 
 
-def marginal_heads(task_layout: TaskLayout, logits) -> Heads:
-    """One logit per label: sigmoid marginals for the steps, the last logit as the core."""
+def marginal_heads(task_layout: TaskLayout, outputs) -> Heads:
+    """One output layer's result per label: (batch, 1) logits of sigmoid marginals for
+    the steps, then the core tower's (batch, units)."""
     steps = task_layout.steps
-    probs = {step: ops.sigmoid(z) for step, z in zip(steps, logits)}
-    return Heads(probs, logits[len(steps)] if task_layout.core_target else None)
+    probs = {step: ops.sigmoid(ops.squeeze(z, -1)) for step, z in zip(steps, outputs)}
+    return Heads(probs, outputs[len(steps)] if task_layout.core_target else None)
 
 
-def chained_heads(task_layout: TaskLayout, logits) -> Heads:
-    """One logit per label: conditional rates c_t = sigmoid(z_t) for the steps, marginals
-    m_t = c_1 * ... * c_t on the impression space, the last logit as the core."""
+def chained_heads(task_layout: TaskLayout, outputs) -> Heads:
+    """As marginal_heads, but the step logits give conditional rates c_t = sigmoid(z_t)
+    and the marginals on the impression space are m_t = c_1 * ... * c_t."""
     steps = task_layout.steps
     conditionals, marginals, running = {}, {}, None
-    for step, logit in zip(steps, logits):
-        conditionals[step] = ops.sigmoid(logit)
+    for step, logit in zip(steps, outputs):
+        conditionals[step] = ops.sigmoid(ops.squeeze(logit, -1))
         running = conditionals[step] if running is None else running * conditionals[step]
         marginals[step] = running
-    return Heads(marginals, logits[len(steps)] if task_layout.core_target else None, conditionals)
+    return Heads(marginals, outputs[len(steps)] if task_layout.core_target else None,
+                 conditionals)
+
+
+def safe_probability(p):
+    """p squashed affinely into [eps, 1 - eps]: never exactly 0 or 1, gradient kept."""
+    return PROBABILITY_EPSILON + (1.0 - 2.0 * PROBABILITY_EPSILON) * p
 
 
 class MultiTaskModel(keras.Model):
@@ -116,8 +144,9 @@ class MultiTaskModel(keras.Model):
         self.constraint_weight = getattr(self.hparams, "constraint_weight", 0.0)
         if self.objective not in self.OBJECTIVES:
             raise ValueError(f"objective must be one of {self.OBJECTIVES}, got {self.objective!r}")
-        self.target_scaler = (TargetScaler(tasks.target_transform, name="target_scaler")
-                              if tasks.core_target else None)
+        self.core_head = (make_core_head(tasks.core_head, tasks.target_transform)
+                          if tasks.core_target else None)
+        self.gradient_scope = self.hparams.resolved_gradient_scope
         self.gradient_handler = GradientHandler(self.hparams.gradient_config(),
                                                 num_tasks=len(tasks.label_names),
                                                 name="gradient_handler")
@@ -130,18 +159,26 @@ class MultiTaskModel(keras.Model):
         """fields: (batch, F, d) embedded inputs -> Heads."""
         raise NotImplementedError
 
+    def output_layers(self) -> list:
+        """One linear output layer per label: 1 unit for a step, the core head's units
+        for the core target."""
+        return [keras.layers.Dense(self.core_head.units if label == self.task_layout.core_target
+                                   else 1, name=f"head_{label}")
+                for label in self.task_layout.label_names]
+
     # -- outputs ---------------------------------------------------------------
     def call(self, inputs, training=False):
         return self._outputs(self.compute_heads(self.embedding(inputs), training=training))
 
     def _outputs(self, heads: Heads) -> dict:
         tasks = self.task_layout
-        outputs = {prob_key(step): heads.probs[step] for step in tasks.steps}
+        outputs = {prob_key(step): safe_probability(heads.probs[step]) for step in tasks.steps}
         if heads.conditionals is not None:
             outputs.update({conditional_key(s): heads.conditionals[s] for s in tasks.steps})
         if tasks.core_target:
-            outputs[scaled_key(tasks.core_target)] = heads.core_scaled
-            outputs[pred_key(tasks.core_target)] = self.target_scaler.inverse(heads.core_scaled)
+            outputs[raw_key(tasks.core_target)] = heads.core
+            outputs[pred_key(tasks.core_target)] = self.core_head.mean(
+                heads.core, outputs[prob_key(tasks.steps[-1])])
             outputs[SCORE_KEY] = outputs[pred_key(tasks.core_target)]
         else:
             outputs[SCORE_KEY] = outputs[prob_key(tasks.steps[-1])]
@@ -168,7 +205,7 @@ class MultiTaskModel(keras.Model):
                     losses[step] = ops.mean(per_row)
                 else:
                     mask = ops.cast(ops.reshape(labels[steps[i - 1]], (-1,)), "float32")
-                    losses[step] = ops.sum(mask * per_row) / ops.maximum(ops.sum(mask), 1.0)
+                    losses[step] = masked_mean(per_row, mask)
             else:
                 losses[step] = ops.mean(_binary_cross_entropy(y, outputs[prob_key(step)]))
         if self.objective == "constrained" and len(steps) > 1:
@@ -177,8 +214,9 @@ class MultiTaskModel(keras.Model):
             losses["constraint"] = self.constraint_weight * ops.mean(ops.sum(ops.stack(excess), 0))
         target = self.task_layout.core_target
         if target:
-            z = self.target_scaler(ops.reshape(labels[target], (-1,)))
-            losses[target] = ops.mean(ops.square(outputs[scaled_key(target)] - z))
+            condition = ops.cast(ops.reshape(labels[steps[-1]], (-1,)), "float32")
+            losses[target] = self.core_head.loss(outputs[raw_key(target)],
+                                                 ops.reshape(labels[target], (-1,)), condition)
         return losses
 
     def training_losses(self, labels, outputs) -> dict:
@@ -227,7 +265,10 @@ class MultiTaskModel(keras.Model):
 
         Rule "none": the gradient of the summed loss, one backward pass.
 
-        Any other rule: one backward pass per task to the embedded fields
+        Scope "shared": one backward pass per task over every variable; the
+        variables that two or more tasks reach get the rule, the others the sum.
+
+        Scope "embeddings": one backward pass per task to the embedded fields
         (B, F, d) and the non-shared variables (the towers are task-specific, so
         these passes together cost about one full backward pass). Each task's
         gradient of the shared embedding variables then comes from a cheap
@@ -238,6 +279,8 @@ class MultiTaskModel(keras.Model):
         """
         if self.hparams.gradient_rule == "none":
             return tape.gradient(total, self.trainable_variables)
+        if self.gradient_scope == "shared":
+            return self._shared_scope_gradients(tape, losses)
         shared = list(self.shared_variables)
         shared_ids = {id(v) for v in shared}
         others = [v for v in self.trainable_variables if id(v) not in shared_ids]
@@ -260,6 +303,41 @@ class MultiTaskModel(keras.Model):
         by_variable = dict(zip(map(id, others), summed))
         by_variable.update(zip(map(id, shared), combined))
         return [by_variable[id(v)] for v in self.trainable_variables]
+
+    def _shared_scope_gradients(self, tape, losses):
+        """The rule on every variable that more than one task's loss reaches."""
+        variables = list(self.trainable_variables)
+        tasks = self.task_layout.label_names
+        per_task = [tape.gradient(losses[name], variables) for name in tasks]
+        # Which variables a loss reaches is known when the step is traced: a
+        # variable outside a loss's graph gets None.
+        shared = [i for i in range(len(variables))
+                  if sum(grads[i] is not None for grads in per_task) > 1]
+        combined = self.gradient_handler.combine([[grads[i] for i in shared] for grads in per_task],
+                                                 [variables[i] for i in shared])
+        result = [None] * len(variables)
+        for index, gradient in zip(shared, combined):
+            result[index] = gradient
+        for i in range(len(variables)):
+            if i not in shared:
+                for grads in per_task:
+                    result[i] = _add_gradients(result[i], grads[i])
+        for name in [n for n in losses if n not in tasks]:  # penalties: their plain gradient
+            result = [_add_gradients(r, g) for r, g in zip(result, tape.gradient(losses[name],
+                                                                                  variables))]
+        return result
+
+    def shared_scope_variables(self, data) -> list:
+        """The variables scope "shared" applies the rule to, for one (features, labels) batch."""
+        features, labels = data
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = self(features, training=True)
+            losses = self.task_losses(labels, outputs)
+        per_task = [tape.gradient(losses[name], self.trainable_variables)
+                    for name in self.task_layout.label_names]
+        del tape
+        return [v for i, v in enumerate(self.trainable_variables)
+                if sum(grads[i] is not None for grads in per_task) > 1]
 
     def test_step(self, data):
         features, labels = data[0], data[1]
@@ -305,10 +383,14 @@ class MultiTaskModel(keras.Model):
         """Callbacks the model needs during fit (for example a temperature schedule)."""
         return []
 
-    def adapt_target(self, values) -> None:
-        """Sets the core-target scaling from training labels (numpy, shape (n,))."""
-        if self.target_scaler is not None:
-            self.target_scaler.adapt(values)
+    def adapt_target(self, values, last_step=None) -> None:
+        """Sets the core head's fixed scales from training labels.
+
+        values: (n,) core-target labels; last_step: (n,) 0/1 labels of the last
+        binary step on the same rows (None: rows with a positive value stand in).
+        """
+        if self.core_head is not None:
+            self.core_head.adapt(values, last_step)
 
     def get_config(self):
         return {**super().get_config(), "input_layout": self.input_layout.to_config(),
@@ -353,4 +435,4 @@ def hparams_from_dict(cls, values: Mapping):
 
 
 __all__ = ["CommonHParams", "Heads", "MultiTaskModel", "chained_heads", "hparams_from_dict",
-           "marginal_heads", "PACKAGE"]
+           "marginal_heads", "safe_probability", "PACKAGE"]

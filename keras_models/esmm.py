@@ -33,10 +33,10 @@ class ESMM(MultiTaskModel):
         labels = self.task_layout.label_names
         self.towers = [MLP(self.hparams.tower_units, self.hparams.dropout, name=f"tower_{l}")
                        for l in labels]
-        self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
+        self.heads = self.output_layers()
 
     def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
-        logits = [ops.squeeze(head(tower(e, training=training)), -1)
+        logits = [head(tower(e, training=training))
                   for tower, head in zip(self.towers, self.heads)]
         return chained_heads(self.task_layout, logits)

@@ -122,7 +122,7 @@ class HTLNet(MultiTaskModel):
         self.representation_layers = [keras.layers.Dense(hp.tower_units[0], activation="relu",
                                                          name=f"tower_{l}_rep") for l in labels]
         self.towers = [MLP(hp.tower_units[1:], hp.dropout, name=f"tower_{l}") for l in labels]
-        self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
+        self.heads = self.output_layers()
         self.label_units = [LabelEmbeddingUnit(hp.label_embedding_dim, hp.gumbel_noise,
                                                seed=hp.seed + i, name=f"leu_{step}")
                             for i, step in enumerate(self.task_layout.steps)]
@@ -147,15 +147,15 @@ class HTLNet(MultiTaskModel):
                     self.representation_fusion[t - 1](representations),
                     self.label_fusion[t - 1](label_embeddings)], axis=-1)
             representation = self.representation_layers[t](tower_input)  # (B, h1)
-            logit = ops.squeeze(self.heads[t](self.towers[t](representation, training=training)), -1)
+            output = self.heads[t](self.towers[t](representation, training=training))  # (B, units)
             representations.append(ops.stop_gradient(representation))
             if t < len(steps):
-                p = ops.sigmoid(logit)
+                p = ops.sigmoid(ops.squeeze(output, -1))
                 probs[label] = p
                 label_embeddings.append(
                     self.label_units[t](ops.stop_gradient(p), self.temperature, training=training))
             else:
-                core = logit
+                core = output
         return Heads(probs, core)
 
     def training_callbacks(self):

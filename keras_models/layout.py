@@ -3,8 +3,9 @@
 The output names are a contract: they are the keys of the serving signature's
 output dict and the output names TFMA evaluates.
 
-  <step>_prob    marginal probability of a binary step on the impression space
-  <target>_pred  the continuous core target, on its original scale
+  <step>_prob    marginal probability of a binary step on the impression space,
+                 always inside [PROBABILITY_EPSILON, 1 - PROBABILITY_EPSILON]
+  <target>_pred  E[core target | x], on its original scale (keras_models.core_heads)
   score          a ranking score: the core prediction when the chain has one,
                  else the last step's probability
 
@@ -19,6 +20,10 @@ import dataclasses
 from typing import Mapping
 
 SCORE_KEY = "score"
+# Probabilities are squashed into [eps, 1 - eps]: a step the features nearly
+# determine would otherwise round to exactly 0 or 1 in float32, where log loss is
+# undefined.
+PROBABILITY_EPSILON = 1e-6
 
 
 def prob_key(step: str) -> str:
@@ -34,9 +39,9 @@ def conditional_key(step: str) -> str:
     return f"{step}_conditional"
 
 
-def scaled_key(target: str) -> str:
-    """Training-only output: the core prediction on the scaled (training) scale."""
-    return f"{target}_scaled"
+def raw_key(target: str) -> str:
+    """Training-only output: the core tower's raw output (batch, units of the core head)."""
+    return f"{target}_raw"
 
 
 def given_key(output_key: str, step: str) -> str:
@@ -55,7 +60,8 @@ class EvalOutput:
       prediction: the contract output it is computed from.
       divide_by: a contract output to divide `prediction` by, or None. The
         conditional probability P(step | previous step) is the ratio of the two
-        marginals on the impression space.
+        marginals on the impression space; E[y | last step, x] is
+        E[y | x] / P(last step | x) for a gated target.
       condition: a label column; only rows where it is 1 count (None: all rows).
     """
 
@@ -99,12 +105,16 @@ class TaskLayout:
     Attributes:
       steps: binary steps in path order.
       core_target: optional continuous target ending the chain.
-      target_transform: "z_score" or "log1p_z_score" for training on the target.
+      target_transform: "z_score" or "log1p_z_score", the scaling of the
+        "regression" core head.
+      core_head: how the core target is predicted, one of
+        keras_models.core_heads.CORE_HEADS.
     """
 
     steps: tuple[str, ...]
     core_target: str | None = None
     target_transform: str = "log1p_z_score"
+    core_head: str = "decomposition"
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -127,7 +137,8 @@ class TaskLayout:
           conversion_prob                    conversion, all rows (CTCVR)
           conversion_prob_given_click        conversion, clicked rows (CVR)
           revenue_pred                       revenue, all rows
-          revenue_pred_given_conversion      revenue, converted rows
+          revenue_pred_given_conversion      revenue, converted rows, scored with
+                                             revenue_pred / conversion_prob
         """
         outputs = []
         for index, step in enumerate(self.steps):
@@ -140,15 +151,17 @@ class TaskLayout:
         if self.core_target:
             target = pred_key(self.core_target)
             outputs.append(EvalOutput(target, self.core_target, "regression", target))
-            outputs.append(EvalOutput(given_key(target, self.steps[-1]), self.core_target,
-                                      "regression", target, condition=self.steps[-1]))
+            last = self.steps[-1]
+            outputs.append(EvalOutput(given_key(target, last), self.core_target, "regression",
+                                      target, divide_by=prob_key(last), condition=last))
         return tuple(outputs)
 
     def to_config(self) -> dict:
         return {"steps": list(self.steps), "core_target": self.core_target,
-                "target_transform": self.target_transform}
+                "target_transform": self.target_transform, "core_head": self.core_head}
 
     @classmethod
     def from_config(cls, config: Mapping) -> "TaskLayout":
         return cls(tuple(config["steps"]), config.get("core_target"),
-                   config.get("target_transform", "log1p_z_score"))
+                   config.get("target_transform", "log1p_z_score"),
+                   config.get("core_head", "decomposition"))

@@ -34,7 +34,7 @@ class MMoE(MultiTaskModel):
         self.gates = [keras.layers.Dense(hp.num_experts, activation="softmax", name=f"gate_{l}")
                       for l in labels]
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{l}") for l in labels]
-        self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
+        self.heads = self.output_layers()
 
     def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
@@ -42,5 +42,5 @@ class MMoE(MultiTaskModel):
         logits = []
         for gate, tower, head in zip(self.gates, self.towers, self.heads):
             mixed = ops.sum(gate(e)[..., None] * experts, axis=1)           # (B, h)
-            logits.append(ops.squeeze(head(tower(mixed, training=training)), -1))
+            logits.append(head(tower(mixed, training=training)))
         return marginal_heads(self.task_layout, logits)

@@ -53,7 +53,7 @@ class PLE(MultiTaskModel):
                                                         name=f"l{level}_shared_gate")
                                      if level < hp.num_levels - 1 else None)
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{l}") for l in labels]
-        self.heads = [keras.layers.Dense(1, name=f"head_{l}") for l in labels]
+        self.heads = self.output_layers()
 
     def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
@@ -70,6 +70,6 @@ class PLE(MultiTaskModel):
                 shared_input = _mix(self.shared_gates[level], shared_input,
                                     ops.stack(everything, axis=1))
             task_inputs = next_inputs
-        logits = [ops.squeeze(head(tower(x, training=training)), -1)
+        logits = [head(tower(x, training=training))
                   for x, tower, head in zip(task_inputs, self.towers, self.heads)]
         return marginal_heads(self.task_layout, logits)

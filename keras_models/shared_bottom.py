@@ -22,7 +22,7 @@ class SharedBottomHParams(CommonHParams):
 class SharedBottom(MultiTaskModel):
     """e = flatten(embed(x)) (B, F*d) -> bottom MLP (B, h) -> per-task tower -> head.
 
-    Binary heads are sigmoid marginals; the core head is linear on the scaled target.
+    Binary heads are sigmoid marginals; the core tower feeds the core head (core_heads).
     """
 
     hparams_class = SharedBottomHParams
@@ -33,11 +33,11 @@ class SharedBottom(MultiTaskModel):
         self.bottom = MLP(hp.bottom_units, hp.dropout, name="bottom")
         labels = self.task_layout.label_names
         self.towers = [MLP(hp.tower_units, hp.dropout, name=f"tower_{label}") for label in labels]
-        self.heads = [keras.layers.Dense(1, name=f"head_{label}") for label in labels]
+        self.heads = self.output_layers()
 
     def compute_heads(self, fields, training=False) -> Heads:
         shared = self.bottom(ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2])),
                              training=training)                            # (B, h)
-        logits = [ops.squeeze(head(tower(shared, training=training)), -1)  # (B,) each
+        logits = [head(tower(shared, training=training))  # (B, units) each
                   for tower, head in zip(self.towers, self.heads)]
         return marginal_heads(self.task_layout, logits)

@@ -32,7 +32,7 @@ import os
 
 import tensorflow as tf
 
-from keras_models.layout import pred_key, prob_key
+from keras_models.layout import PROBABILITY_EPSILON, pred_key, prob_key
 
 SPEC_ASSET = "dataset_spec.json"
 EXAMPLES_INPUT = "examples"
@@ -42,7 +42,6 @@ EVAL_SIGNATURE = "evaluation"
 CLASSIFY_INPUT = "inputs"           # TF Serving's fixed input name for Classify/Regress
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-PROBABILITY_EPSILON = 1e-6
 
 
 def classify_signature(step: str) -> str:
@@ -139,11 +138,14 @@ class ServingModule(tf.Module):
         for output in self._evaluation_outputs:
             value = outputs[output.prediction]
             if output.divide_by:
-                # P(step | previous) = P(step) / P(previous), kept inside (0, 1): models with
-                # independent marginal towers can predict P(step) > P(previous), and log loss
-                # is undefined at exactly 0 or 1.
-                value = tf.clip_by_value(tf.math.divide_no_nan(value, outputs[output.divide_by]),
-                                         PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+                # P(step | previous) = P(step) / P(previous) and E[y | last step] =
+                # E[y] / P(last step); the marginals are at least PROBABILITY_EPSILON.
+                value = tf.math.divide_no_nan(value, outputs[output.divide_by])
+                if output.kind == "binary":
+                    # Kept inside (0, 1): models with independent marginal towers can
+                    # predict P(step) > P(previous), and log loss is undefined at 0 or 1.
+                    value = tf.clip_by_value(value, PROBABILITY_EPSILON,
+                                             1.0 - PROBABILITY_EPSILON)
             result[output.name] = value
         return {key: tf.identity(value, name=key) for key, value in result.items()}
 

@@ -313,17 +313,21 @@ def test_tfma_numbers_equal_numpy_on_the_eval_split(synthetic_run):
             ("conversion_prob_given_click", "auc"): roc_auc_score(
                 columns["conversion"][clicked], predicted["conversion_prob_given_click"][clicked]),
             ("conversion_prob_given_click", "example_count"): clicked.sum(),
-            ("conversion_prob_given_click", "binary_crossentropy"): log_loss(
+            ("conversion_prob_given_click", "log_loss"): log_loss(
                 columns["conversion"][clicked], predicted["conversion_prob_given_click"][clicked]),
             ("click_prob", "calibration"): predicted["click_prob"][rows].sum()
                                             / columns["click"][rows].sum(),
             ("revenue_pred_given_conversion", "example_count"): converted.sum(),
         }
-        for name in ("mse", "mae", "nrmse", "nmae", "normalized_gini", "spearman"):
+        # On converted rows the prediction is E[revenue | conversion] = revenue_pred / P(conversion).
+        conditional = predicted["revenue_pred"] / predicted["conversion_prob"]
+        np.testing.assert_allclose(predicted["revenue_pred_given_conversion"], conditional,
+                                   rtol=1e-5)
+        for name in ("mse", "mae", "nrmse", "nmae", "normalized_gini", "spearman", "calibration"):
             expected[("revenue_pred", name)] = reference(
                 name, columns["revenue"][rows], predicted["revenue_pred"][rows])
             expected[("revenue_pred_given_conversion", name)] = reference(
-                name, columns["revenue"][converted], predicted["revenue_pred"][converted])
+                name, columns["revenue"][converted], conditional[converted])
         for (output, metric), value in expected.items():
             # TFMA's AUC integrates a 10,000-bucket histogram: exact to about 1e-3.
             tolerance = 2e-3 if metric == "auc" else 1e-4

@@ -74,7 +74,8 @@ def input_layout_for(spec: DatasetSpec, tft_output) -> InputLayout:
 
 def task_layout_for(spec: DatasetSpec) -> TaskLayout:
     chain = spec.chain
-    return TaskLayout(chain.steps, chain.core_target, chain.target_transform)
+    return TaskLayout(chain.steps, chain.core_target, chain.target_transform,
+                      chain.resolved_core_head)
 
 
 def make_dataset(file_pattern, data_accessor, tft_output, spec: DatasetSpec, batch_size: int,
@@ -105,9 +106,9 @@ def run_fn(fn_args):
     evaluation = make_dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, spec,
                               batch_size)
     if spec.chain.core_target:
-        targets = [labels[spec.chain.core_target].numpy()
-                   for _, labels in train.take(_TARGET_SAMPLE_BATCHES)]
-        model.adapt_target(np.concatenate(targets))
+        sample = [labels for _, labels in train.take(_TARGET_SAMPLE_BATCHES)]
+        model.adapt_target(*(np.concatenate([np.reshape(b[name], -1) for b in sample])
+                             for name in (spec.chain.core_target, spec.chain.steps[-1])))
     model.fit(train, steps_per_epoch=fn_args.train_steps, epochs=1,
               validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
               callbacks=model.training_callbacks())

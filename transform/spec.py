@@ -22,6 +22,8 @@ FEATURE_KINDS = (CATEGORICAL, NUMERIC)
 CATEGORICAL_DTYPES = ("string", "int")
 NUMERIC_SCALINGS = ("z_score", "log_z_score", "min_max", "none")
 TARGET_TRANSFORMS = ("z_score", "log1p_z_score")
+# keras_models.core_heads.CORE_HEADS, plus "auto" (this module imports nothing of the project)
+CORE_HEADS = ("auto", "decomposition", "ziln", "regression")
 
 
 class SpecError(ValueError):
@@ -71,15 +73,25 @@ class TaskChain:
         (spend, revenue, watch time).
       core_target_gated: when True, the core target may only be non-zero where
         the last binary step is 1 (spend only after a conversion).
-      target_transform: how models scale the core target for training:
-        "z_score" or "log1p_z_score". Predictions are always reported on the
-        original scale.
+      target_transform: how the "regression" core head scales the target for
+        training: "z_score" or "log1p_z_score". Predictions are always reported
+        on the original scale.
+      core_head: how models predict E[core target | x] (keras_models.core_heads):
+        "decomposition" (needs core_target_gated), "ziln", "regression", or
+        "auto": decomposition for a gated target, ziln otherwise.
     """
 
     steps: tuple[str, ...]
     core_target: str | None = None
     core_target_gated: bool = False
     target_transform: str = "log1p_z_score"
+    core_head: str = "auto"
+
+    @property
+    def resolved_core_head(self) -> str:
+        if self.core_head != "auto":
+            return self.core_head
+        return "decomposition" if self.core_target_gated else "ziln"
 
     @property
     def label_columns(self) -> tuple[str, ...]:
@@ -183,6 +195,12 @@ def validate(spec: DatasetSpec, where: str = "spec") -> None:
         _fail(where, f"chain.target_transform must be one of {TARGET_TRANSFORMS}")
     if chain.core_target_gated and not chain.core_target:
         _fail(where, "chain.core_target_gated needs a chain.core_target")
+    if chain.core_head not in CORE_HEADS:
+        _fail(where, f"chain.core_head must be one of {CORE_HEADS}")
+    if chain.core_head == "decomposition" and not chain.core_target_gated:
+        _fail(where, "chain.core_head 'decomposition' needs chain.core_target_gated: true "
+                     "(E[y] = P(last step) * E[y | last step] holds only when y is 0 "
+                     "without the last step); use 'ziln' for an ungated target")
     for i, cross in enumerate(spec.slices):
         for column in cross:
             if column not in spec.feature_names:
