@@ -361,3 +361,76 @@ def test_report_renders_offline_from_the_run(synthetic_run, tmp_path):
         assert (tmp_path / "report" / name).read_bytes() == png
     # Opens offline: nothing is fetched from elsewhere.
     assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def write_heavy_tailed(tmp_path, rows=30000, seed=11):
+    """A CSV with a near-deterministic first step and a heavy-tailed core value.
+
+    qualified: 1 with probability 0.999 when eligible = yes, 0.001 otherwise (the
+    features nearly determine it, so float32 probabilities saturate); conversion:
+    about 5 % of the rows, only on qualified rows; value: log-normal with sigma 2 on
+    converted rows, 0 elsewhere."""
+    rng = np.random.default_rng(seed)
+    segment = rng.integers(0, 8, rows)
+    eligible = rng.random(rows) < 0.5
+    x = rng.normal(size=rows)
+    qualified = rng.random(rows) < np.where(eligible, 0.999, 0.001)
+    logit = -2.6 + 0.25 * (segment - 3.5) + 0.6 * x
+    conversion = qualified & (rng.random(rows) < 1 / (1 + np.exp(-logit)))
+    value = np.where(conversion, rng.lognormal(3 + 0.3 * x, 2.0), 0.0)
+    frame = pd.DataFrame({"segment": [f"s{s}" for s in segment],
+                          "eligible": np.where(eligible, "yes", "no"), "x": x.round(4),
+                          "qualified": qualified.astype(int), "conversion": conversion.astype(int),
+                          "value": value.round(2)})
+    data = tmp_path / "heavy.csv"
+    frame.to_csv(data, index=False)
+    specs = {}
+    for head in ("auto", "regression"):
+        spec = tmp_path / f"heavy-{head}.yaml"
+        spec.write_text(
+            "name: heavy\nfeatures:\n  - {name: segment, kind: categorical}\n"
+            "  - {name: eligible, kind: categorical}\n  - {name: x, kind: numeric}\n"
+            "chain: {steps: [qualified, conversion], core_target: value, "
+            f"core_target_gated: true, core_head: {head}}}\nslices: [[segment]]\n")
+        specs[head] = spec
+    return data, specs, frame
+
+
+def overall_candidate_metrics(pipeline_root):
+    from tfx_pipeline import results
+
+    outcome = results.last_run_outcome(str(pipeline_root / "metadata.sqlite"))
+    return outcome, results.overall_metrics(outcome.evaluation_uri)
+
+
+def test_heavy_tailed_target_and_saturated_step(tmp_path):
+    """Issue 15's case on generated data: no metric is NaN, the default core head is
+    calibrated within the gate's band, and a mis-scaled candidate (the log1p regression
+    head, which estimates a typical value far below the mean) is refused."""
+    data, specs, frame = write_heavy_tailed(tmp_path)
+    assert 0.02 < (frame["value"] > 0).mean() < 0.08
+    root = tmp_path / "pipeline"
+    common = ["-m", "tfx_pipeline", "run", "--dataset", "csv", "--data", str(data),
+              "--train-steps", "400", "--batch-size", "512", "--eval-steps", "10",
+              "--pipeline-root", str(root), "--serving-dir", str(tmp_path / "serving")]
+    first = cli(*common, "--spec", str(specs["auto"]))
+    outcome, metrics = overall_candidate_metrics(root)
+    for output, values in metrics.items():
+        for name, value in values.items():
+            assert np.isfinite(value), (output, name, first.stdout)
+    assert metrics["qualified_prob"]["auc"] > 0.99          # the saturated step
+    assert metrics["qualified_prob"]["log_loss"] < 0.05
+    calibration = metrics["value_pred"]["calibration"]
+    assert 0.8 <= calibration <= 1.25, first.stdout
+    assert metrics["value_pred"]["nrmse"] < 1.0, first.stdout
+    assert outcome.blessed and "blessed; pushed to" in first.stdout, first.stdout
+    # A candidate off by a large factor: refused on the calibration gate, nothing pushed.
+    second = cli(*common, "--spec", str(specs["regression"]), "--max-auc-drop", "1",
+                 "--max-gini-drop", "1")
+    outcome, metrics = overall_candidate_metrics(root)
+    assert outcome.blessed is False
+    assert metrics["value_pred"]["calibration"] < 0.8
+    assert any(line.startswith("  - value_pred calibration = ") and "required >= 0.8 and <= 1.25"
+               in line for line in second.stdout.splitlines()), second.stdout
+    versions = glob.glob(str(tmp_path / "serving" / "shared_bottom" / "*" / "saved_model.pb"))
+    assert len(versions) == 1

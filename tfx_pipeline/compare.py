@@ -93,10 +93,13 @@ def load_raw_split(root: str, split: str, tft_output) -> tuple[dict, dict]:
 def binary_metrics(y, p) -> dict:
     from sklearn.metrics import log_loss, roc_auc_score
 
+    from tfx_pipeline import metrics
+
     p = np.clip(p, 1e-7, 1 - 1e-7)
     if y.size == 0 or y.min() == y.max():
-        return {"auc": float("nan"), "log_loss": float("nan")}
-    return {"auc": roc_auc_score(y, p), "log_loss": log_loss(y, p, labels=[0, 1])}
+        return {"auc": float("nan"), "log_loss": float("nan"), "calibration": float("nan")}
+    return {"auc": roc_auc_score(y, p), "log_loss": log_loss(y, p, labels=[0, 1]),
+            "calibration": metrics.calibration(y, p)}
 
 
 def evaluate(outputs: dict, labels: dict, chain, truth: dict | None = None) -> dict:
