@@ -121,7 +121,7 @@ def run_measured(command: list[str], log_path: str) -> list[dict]:
 def full_run(rows: int, work_dir: str, train_steps: int, beam_args: str = "") -> list[dict]:
     root = os.path.join(work_dir, f"full-{rows}")
     command = [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
-               "--rows", str(rows), "--train-steps", str(train_steps), "--min-auc", "0",
+               "--rows", str(rows), "--train-steps", str(train_steps), "--min-auc", "0", "--core-calibration", "1e-9,1e9", "--max-core-nrmse", "1e9",
                "--pipeline-root", root, "--serving-dir", os.path.join(work_dir, "serving")]
     if beam_args:
         command += ["--beam-args", beam_args]

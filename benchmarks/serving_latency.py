@@ -55,7 +55,7 @@ def run_pipeline(work: str) -> str:
     """One synthetic pipeline run; returns its pipeline root."""
     root = os.path.join(work, "pipeline")
     subprocess.run([sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
-                    "--rows", "5000", "--train-steps", "20", "--eval-steps", "2", "--min-auc", "0",
+                    "--rows", "5000", "--train-steps", "20", "--eval-steps", "2", "--min-auc", "0", "--core-calibration", "1e-9,1e9", "--max-core-nrmse", "1e9",
                     "--pipeline-root", root, "--serving-dir", os.path.join(work, "pushed")],
                    cwd=REPO, check=True, capture_output=True)
     return root

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import NO_GATES, REPO
 from tfx_pipeline.cli import (MAX_LOCAL_BEAM_WORKERS, MULTI_PROCESS_MIN_ROWS, build_parser,
                               join_beam_args, local_beam_args)
 
@@ -15,7 +15,7 @@ from tfx_pipeline.cli import (MAX_LOCAL_BEAM_WORKERS, MULTI_PROCESS_MIN_ROWS, bu
 def test_direct_runner_multi_processing_runs_the_pipeline(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
-         "--train-steps", "20", "--eval-steps", "2", "--min-auc", "0", "--verbose",
+         "--train-steps", "20", "--eval-steps", "2", *NO_GATES, "--verbose",
          "--beam-args", "--direct_running_mode=multi_processing --direct_num_workers=2",
          "--pipeline-root", str(tmp_path / "pipeline"), "--serving-dir", str(tmp_path / "serving")],
         cwd=REPO, capture_output=True, text=True, timeout=900)

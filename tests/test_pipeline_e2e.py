@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from conftest import REPO
+from conftest import NO_GATES, OPEN_CORE_GATES, REPO
 from serving import predict
 from transform.datasets import synthetic
 
@@ -73,8 +73,11 @@ def assert_served_equals_in_process(pipeline_root, model_dir, rows_csv):
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
+    # 6,000 rows hold about 15 conversions in the eval split: the core target's
+    # calibration and NRMSE there are noise, so their gates are opened here (the AUC
+    # gates stay); test_heavy_tailed_target_and_saturated_step exercises them.
     args = ["-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "6000",
-            "--train-steps", "200", "--eval-steps", "20",
+            "--train-steps", "200", "--eval-steps", "20", *OPEN_CORE_GATES,
             "--pipeline-root", str(root / "pipeline"), "--serving-dir", str(root / "serving")]
     first = cli(*args)
     return root, args, first
@@ -183,8 +186,11 @@ def test_bad_input_stops_before_the_pipeline(tmp_path):
 
 def test_hillstrom_end_to_end(hillstrom_csv, tmp_path):
     args = ["-m", "tfx_pipeline", "run", "--dataset", "hillstrom", "--data", hillstrom_csv,
-            "--train-steps", "400", "--batch-size", "512", "--eval-steps", "25",
+            "--train-steps", "400", "--batch-size", "512", "--eval-steps", "25", *OPEN_CORE_GATES,
             "--pipeline-root", str(tmp_path / "pipeline"), "--serving-dir", str(tmp_path / "serving")]
+    # Core gates open: Hillstrom's spend is no more predictable per row than its mean
+    # (NRMSE 1.000 for every model and for the trees, docs/models.md), so the default
+    # NRMSE gate refuses every model there.
     result = cli(*args)
     assert "blessed; pushed to" in result.stdout, result.stdout
     rows = tmp_path / "rows.csv"
@@ -224,7 +230,7 @@ def test_paper_models_train_export_and_serve_through_the_pipeline(model, tmp_pat
     root = tmp_path / "pipeline"
     result = cli("-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
                  "--model", model, "--hparams", '{"embedding_dim": 8}', "--train-steps", "60",
-                 "--eval-steps", "5", "--min-auc", "0", "--pipeline-root", str(root),
+                 "--eval-steps", "5", *NO_GATES, "--pipeline-root", str(root),
                  "--serving-dir", str(tmp_path / "serving"))
     assert "blessed; pushed to" in result.stdout
     rows = tmp_path / "rows.csv"
@@ -330,8 +336,9 @@ def test_tfma_numbers_equal_numpy_on_the_eval_split(synthetic_run):
                 name, columns["revenue"][converted], conditional[converted])
         for (output, metric), value in expected.items():
             # TFMA's AUC integrates a 10,000-bucket histogram: exact to about 1e-3.
-            tolerance = 2e-3 if metric == "auc" else 1e-4
-            assert reported[(slice_key, output, metric)] == pytest.approx(value, rel=tolerance), \
+            # Absolute for AUC: the histogram's error does not shrink with the AUC's value.
+            tolerance = dict(abs=2e-3) if metric == "auc" else dict(rel=1e-4)
+            assert reported[(slice_key, output, metric)] == pytest.approx(value, **tolerance), \
                 (slice_key, output, metric)
 
     check((), np.ones(len(serialized), bool))
@@ -422,8 +429,12 @@ def test_heavy_tailed_target_and_saturated_step(tmp_path):
     assert metrics["qualified_prob"]["log_loss"] < 0.05
     calibration = metrics["value_pred"]["calibration"]
     assert 0.8 <= calibration <= 1.25, first.stdout
-    assert metrics["value_pred"]["nrmse"] < 1.0, first.stdout
-    assert outcome.blessed and "blessed; pushed to" in first.stdout, first.stdout
+    # With sigma 2 the row-level noise dwarfs what the features explain: NRMSE sits at
+    # 1.000 +- a few 1e-4 for a calibrated model, so the NRMSE gate may refuse this run
+    # (docs/evaluation.md); the calibration gate must not be among the reasons.
+    assert not any(line.startswith("  - value_pred calibration")
+                   for line in first.stdout.splitlines()), first.stdout
+    pushed = glob.glob(str(tmp_path / "serving" / "shared_bottom" / "*" / "saved_model.pb"))
     # A candidate off by a large factor: refused on the calibration gate, nothing pushed.
     second = cli(*common, "--spec", str(specs["regression"]), "--max-auc-drop", "1",
                  "--max-gini-drop", "1")
@@ -432,5 +443,4 @@ def test_heavy_tailed_target_and_saturated_step(tmp_path):
     assert metrics["value_pred"]["calibration"] < 0.8
     assert any(line.startswith("  - value_pred calibration = ") and "required >= 0.8 and <= 1.25"
                in line for line in second.stdout.splitlines()), second.stdout
-    versions = glob.glob(str(tmp_path / "serving" / "shared_bottom" / "*" / "saved_model.pb"))
-    assert len(versions) == 1
+    assert glob.glob(str(tmp_path / "serving" / "shared_bottom" / "*" / "saved_model.pb")) == pushed

@@ -38,7 +38,8 @@ def latest(pattern: str) -> str:
 def prepare(dataset: str, root: str, data: str | None, rows: int) -> str:
     """Runs the pipeline (one training step) so its Transform output exists; returns the root."""
     args = [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", dataset, "--train-steps", "1",
-            "--eval-steps", "1", "--min-auc", "0", "--pipeline-root", root,
+            "--eval-steps", "1", "--min-auc", "0", "--core-calibration", "1e-9,1e9",
+            "--max-core-nrmse", "1e9", "--pipeline-root", root,
             "--serving-dir", os.path.join(root, "serving")]
     if data:
         args += ["--data", data]
