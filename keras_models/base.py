@@ -309,19 +309,15 @@ class MultiTaskModel(keras.Model):
         variables = list(self.trainable_variables)
         tasks = self.task_layout.label_names
         per_task = [tape.gradient(losses[name], variables) for name in tasks]
-        # Which variables a loss reaches is known when the step is traced: a
-        # variable outside a loss's graph gets None.
-        shared = [i for i in range(len(variables))
-                  if sum(grads[i] is not None for grads in per_task) > 1]
+        shared = _reached_by_several(per_task)
         combined = self.gradient_handler.combine([[grads[i] for i in shared] for grads in per_task],
                                                  [variables[i] for i in shared])
         result = [None] * len(variables)
         for index, gradient in zip(shared, combined):
             result[index] = gradient
-        for i in range(len(variables)):
-            if i not in shared:
-                for grads in per_task:
-                    result[i] = _add_gradients(result[i], grads[i])
+        for i in set(range(len(variables))) - set(shared):
+            for grads in per_task:
+                result[i] = _add_gradients(result[i], grads[i])
         for name in [n for n in losses if n not in tasks]:  # penalties: their plain gradient
             result = [_add_gradients(r, g) for r, g in zip(result, tape.gradient(losses[name],
                                                                                   variables))]
@@ -336,8 +332,7 @@ class MultiTaskModel(keras.Model):
         per_task = [tape.gradient(losses[name], self.trainable_variables)
                     for name in self.task_layout.label_names]
         del tape
-        return [v for i, v in enumerate(self.trainable_variables)
-                if sum(grads[i] is not None for grads in per_task) > 1]
+        return [self.trainable_variables[i] for i in _reached_by_several(per_task)]
 
     def test_step(self, data):
         features, labels = data[0], data[1]
@@ -403,6 +398,16 @@ def _is_multi_worker(strategy) -> bool:
     MultiWorkerMirroredStrategy with more than one worker in TF_CONFIG."""
     return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             and strategy.extended._in_multi_worker_mode())
+
+
+def _reached_by_several(per_task) -> list[int]:
+    """Indices of the variables whose gradient is not None for two or more tasks.
+
+    per_task: T lists of gradients, one per variable. Which variables a loss
+    reaches is known when the step is traced: one outside its graph gets None.
+    """
+    return [i for i in range(len(per_task[0]))
+            if sum(grads[i] is not None for grads in per_task) > 1]
 
 
 def _binary_cross_entropy(y, p):

@@ -117,13 +117,20 @@ def dense(gradient):
     return tf.convert_to_tensor(gradient).numpy().reshape(-1)
 
 
-def test_model_level_htlnet_rule():
-    model, features, labels = model_and_batch("htlnet")
+def taped_step(model, features, labels):
+    """The forward half of the model's train_step under a persistent tape:
+    (tape, embedded fields, losses incl. regularisation, their sum)."""
     with tf.GradientTape(persistent=True) as tape:
         fields = model.embedding(features)
         outputs = model._outputs(model.compute_heads(fields, training=True))
-        losses = model.task_losses(labels, outputs)
+        losses = model.training_losses(labels, outputs)
         total = sum(losses.values())
+    return tape, fields, losses, total
+
+
+def test_model_level_htlnet_rule():
+    model, features, labels = model_and_batch("htlnet")
+    tape, fields, losses, total = taped_step(model, features, labels)
     got = model.compute_gradients(tape, fields, losses, total)
     shared = list(model.shared_variables)
     plain = tape.gradient(total, model.trainable_variables)
@@ -172,11 +179,7 @@ def test_regularisation_reaches_the_shared_variables_under_a_rule():
         if l2:
             model.embedding.table.regularizer = keras.regularizers.L2(l2)
         model.adapt_target(labels["amount"])
-        with tf.GradientTape(persistent=True) as tape:
-            fields = model.embedding(features)
-            outputs = model._outputs(model.compute_heads(fields, training=True))
-            losses = model.training_losses(labels, outputs)
-            total = sum(losses.values())
+        tape, fields, losses, total = taped_step(model, features, labels)
         assert ("regularization" in losses) == bool(l2)
         grads = model.compute_gradients(tape, fields, losses, total)
         index = [id(v) for v in model.trainable_variables].index(id(model.embedding.table))
@@ -245,11 +248,7 @@ def test_shared_scope_applies_pcgrad_to_the_bottom_too():
                            {"embedding_dim": 4, "gradient_rule": "pcgrad", "gradient_scope": "shared"})
     features, labels = random_batch(INPUTS, 32, seed=4)
     model.adapt_target(labels["amount"], labels["buy"])
-    with tf.GradientTape(persistent=True) as tape:
-        fields = model.embedding(features)
-        outputs = model._outputs(model.compute_heads(fields, training=True))
-        losses = model.training_losses(labels, outputs)
-        total = sum(losses.values())
+    tape, fields, losses, total = taped_step(model, features, labels)
     got = model.compute_gradients(tape, fields, losses, total)
     shared = [v for v in model.trainable_variables
               if any(v is s for s in model.shared_scope_variables((features, labels)))]

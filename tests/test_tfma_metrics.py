@@ -61,21 +61,26 @@ def gini_by_pairs(y, p):
     return raw(p) / perfect if perfect > 1e-12 else math.nan
 
 
-def run_combiner(name, labels, predictions, weights=None, weighted=False, splits=3):
-    """Feeds examples through the metric's computations as TFMA does; returns the value."""
-    sample, derived = METRICS[name]().computations(example_weighted=weighted)
-    combiner = sample.combiner
+def combine(combiner, labels, predictions, weights, splits):
+    """One example per row through `combiner` as TFMA feeds it, in `splits` accumulators
+    merged at the end (several workers: order must not matter); its extracted output."""
     inputs = [metric_util.to_standard_metric_inputs({
         "labels": np.array([y], np.float32), "predictions": np.array([p], np.float32),
         "example_weights": np.array([1.0 if weights is None else weights[i]], np.float32)})
         for i, (y, p) in enumerate(zip(labels, predictions))]
     accumulators = []
-    for part in range(splits):       # several workers, merged: order must not matter
+    for part in range(splits):
         accumulator = combiner.create_accumulator()
         for element in inputs[part::splits]:
             accumulator = combiner.add_input(accumulator, element)
         accumulators.append(accumulator)
-    values = combiner.extract_output(combiner.merge_accumulators(accumulators))
+    return combiner.extract_output(combiner.merge_accumulators(accumulators))
+
+
+def run_combiner(name, labels, predictions, weights=None, weighted=False, splits=3):
+    """Feeds examples through the metric's computations as TFMA does; returns the value."""
+    sample, derived = METRICS[name]().computations(example_weighted=weighted)
+    values = combine(sample.combiner, labels, predictions, weights, splits)
     (key,) = derived.keys
     return derived.result(values)[key]
 
@@ -179,19 +184,8 @@ def test_registered_for_metric_configs():
 
 def run_log_loss(labels, predictions, weights=None, weighted=False, splits=2):
     (computation,) = tfma_metrics.SafeLogLoss().computations(example_weighted=weighted)
-    combiner = computation.combiner
-    inputs = [metric_util.to_standard_metric_inputs({
-        "labels": np.array([y], np.float32), "predictions": np.array([p], np.float32),
-        "example_weights": np.array([1.0 if weights is None else weights[i]], np.float32)})
-        for i, (y, p) in enumerate(zip(labels, predictions))]
-    accumulators = []
-    for part in range(splits):
-        accumulator = combiner.create_accumulator()
-        for element in inputs[part::splits]:
-            accumulator = combiner.add_input(accumulator, element)
-        accumulators.append(accumulator)
     (key,) = computation.keys
-    return combiner.extract_output(combiner.merge_accumulators(accumulators))[key]
+    return combine(computation.combiner, labels, predictions, weights, splits)[key]
 
 
 def test_log_loss_by_hand_and_against_sklearn():

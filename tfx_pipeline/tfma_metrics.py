@@ -50,25 +50,35 @@ class _Sample:
         self.predictions = array("d")
 
 
-class _SampleCombiner(beam.CombineFn):
-    """Gathers the (label, prediction) pairs of the rows in the sample space."""
+class _OutputCombiner(beam.CombineFn):
+    """Base: reads one output's labels, predictions and weights from TFMA's inputs."""
 
     def __init__(self, key: metric_types.MetricKey, eval_config, example_weighted: bool):
         self._key = key
         self._eval_config = eval_config
         self._example_weighted = example_weighted
 
-    def create_accumulator(self) -> _Sample:
-        return _Sample()
-
-    def add_input(self, accumulator: _Sample, element) -> _Sample:
+    def _rows(self, element):
+        """(labels, predictions, weights) float64 arrays of the same shape, per entry."""
         for label, prediction, weight in metric_util.to_label_prediction_example_weight(
                 element, eval_config=self._eval_config, model_name=self._key.model_name,
                 output_name=self._key.output_name, example_weighted=self._example_weighted,
                 flatten=False):
             label = np.asarray(label, dtype=np.float64).ravel()
             prediction = np.asarray(prediction, dtype=np.float64).ravel()
-            keep = np.broadcast_to(np.asarray(weight, dtype=np.float64).ravel(), label.shape) != 0
+            yield label, prediction, np.broadcast_to(
+                np.asarray(weight, dtype=np.float64).ravel(), label.shape)
+
+
+class _SampleCombiner(_OutputCombiner):
+    """Gathers the (label, prediction) pairs of the rows in the sample space."""
+
+    def create_accumulator(self) -> _Sample:
+        return _Sample()
+
+    def add_input(self, accumulator: _Sample, element) -> _Sample:
+        for label, prediction, weight in self._rows(element):
+            keep = weight != 0
             accumulator.labels.frombytes(label[keep].tobytes())
             accumulator.predictions.frombytes(prediction[keep].tobytes())
         return accumulator
@@ -157,26 +167,15 @@ CORE_TARGET_METRICS = (MeanSquaredErrorOnSample, MeanAbsoluteErrorOnSample, NRMS
 LOG_LOSS_EPSILON = 1e-7
 
 
-class _LogLossCombiner(beam.CombineFn):
+class _LogLossCombiner(_OutputCombiner):
     """Running (weighted sum of clipped log loss, sum of weights) of one output and slice."""
-
-    def __init__(self, key: metric_types.MetricKey, eval_config, example_weighted: bool):
-        self._key = key
-        self._eval_config = eval_config
-        self._example_weighted = example_weighted
 
     def create_accumulator(self):
         return [0.0, 0.0]
 
     def add_input(self, accumulator, element):
-        for label, prediction, weight in metric_util.to_label_prediction_example_weight(
-                element, eval_config=self._eval_config, model_name=self._key.model_name,
-                output_name=self._key.output_name, example_weighted=self._example_weighted,
-                flatten=False):
-            y = np.asarray(label, dtype=np.float64).ravel()
-            p = np.clip(np.asarray(prediction, dtype=np.float64).ravel(),
-                        LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
-            w = np.broadcast_to(np.asarray(weight, dtype=np.float64).ravel(), y.shape)
+        for y, p, w in self._rows(element):
+            p = np.clip(p, LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
             losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
             accumulator[0] += float(np.sum(w * losses))
             accumulator[1] += float(np.sum(w))
