@@ -1,0 +1,49 @@
+"""The comparison's split and scoring, on arrays small enough to check by hand."""
+
+import numpy as np
+import pytest
+
+from keras_models.layout import pred_key, prob_key
+from tfx_pipeline.compare import carve_validation, evaluate
+from transform import datasets
+
+
+def test_carve_validation_partitions_rows_the_same_way_for_every_column():
+    rows = np.arange(50)
+    columns = {"id": rows, "twice": rows * 2.0}
+    fit, validation = carve_validation(columns, 0.2)
+    assert len(validation["id"]) == 10 and len(fit["id"]) == 40
+    assert sorted(np.concatenate([fit["id"], validation["id"]])) == list(rows)
+    np.testing.assert_array_equal(validation["twice"], validation["id"] * 2.0)
+    # A second call (another model, another seed) gets the same parts.
+    again, _ = carve_validation({"id": rows}, 0.2)
+    np.testing.assert_array_equal(again["id"], fit["id"])
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1])
+def test_carve_validation_refuses_a_share_outside_the_open_unit_interval(share):
+    with pytest.raises(ValueError, match="validation share"):
+        carve_validation({"id": np.arange(4)}, share)
+
+
+def test_evaluate_scores_conditionals_and_core_calibration_by_hand():
+    chain = datasets.spec_for("synthetic").chain
+    labels = {"click": np.array([1, 1, 0, 0]), "conversion": np.array([1, 0, 0, 0]),
+              "revenue": np.array([6.0, 0.0, 0.0, 0.0])}
+    outputs = {prob_key("click"): np.array([0.8, 0.6, 0.4, 0.2]),
+               prob_key("conversion"): np.array([0.4, 0.3, 0.1, 0.1]),
+               pred_key("revenue"): np.array([2.0, 1.0, 0.5, 0.5])}
+    truth = {"click": np.array([0.7, 0.6, 0.4, 0.3]), "conversion": outputs[prob_key("conversion")],
+             "revenue": np.array([2.0, 1.0, 1.5, 0.5])}
+    scores = evaluate(outputs, labels, chain, truth)
+    assert scores["click auc"] == 1.0
+    # Clicked rows: conversion given click is 0.4/0.8 = 0.5 and 0.3/0.6 = 0.5 (mean 0.5)
+    # against labels 1 and 0 (mean 0.5).
+    assert scores["conversion@click calibration"] == pytest.approx(0.5 / 0.5)
+    # Core calibration: mean prediction 4/4 = 1 over mean label 6/4 = 1.5.
+    assert scores["revenue calibration"] == pytest.approx(1.0 / 1.5)
+    # On the converted row the prediction given conversion is 2.0/0.4 = 5 against a label of 6.
+    assert scores["revenue@conversion calibration"] == pytest.approx(5.0 / 6.0)
+    assert scores["click |pred - true|"] == pytest.approx((0.1 + 0 + 0 + 0.1) / 4)
+    assert scores["revenue |pred - true|"] == pytest.approx(1.0 / 4)
+    assert scores["conversion |pred - true|"] == 0.0
