@@ -189,7 +189,8 @@ def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_siz
     data = (tf.data.Dataset.from_tensor_slices((features, targets))
             .shuffle(len(train[labels[0]]), seed=seed).batch(batch_size).prefetch(2))
     start = time.perf_counter()
-    model.fit(data, epochs=epochs, verbose=0, callbacks=model.training_callbacks())
+    model.fit(data, epochs=epochs, verbose=0, shuffle=False,  # the Dataset is shuffled
+              callbacks=model.training_callbacks())
     rate = epochs * len(train[labels[0]]) / (time.perf_counter() - start)
     eval_features = {k: v for k, v in evaluation.items() if k not in labels}
     outputs = model.predict(eval_features, batch_size=8192, verbose=0)
