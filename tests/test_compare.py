@@ -47,3 +47,34 @@ def test_evaluate_scores_conditionals_and_core_calibration_by_hand():
     assert scores["click |pred - true|"] == pytest.approx((0.1 + 0 + 0 + 0.1) / 4)
     assert scores["revenue |pred - true|"] == pytest.approx(1.0 / 4)
     assert scores["conversion |pred - true|"] == 0.0
+
+
+def test_better_knows_each_metrics_direction():
+    from tfx_pipeline.compare import better
+
+    assert better("click auc", 0.7, 0.6) and not better("click auc", 0.6, 0.7)
+    assert better("click log_loss", 0.2, 0.3) and better("spend nrmse", 0.99, 1.0)
+    assert better("spend calibration", 0.95, 1.1) and not better("spend calibration", 1.2, 0.85)
+
+
+def test_quality_goals_name_every_model_and_column_short_of_them():
+    from tfx_pipeline.compare import quality_goals
+
+    row = lambda auc, nrmse, calibration: {"visit auc": auc, "spend nrmse": nrmse,
+                                           "spend calibration": calibration,
+                                           "train examples/s": 1.0}
+    means = {"shared_bottom": row(0.64, 0.999, 1.0), "trees": row(0.63, 1.001, 0.86),
+             "htlnet": row(0.65, 0.998, 0.95), "apem": row(0.62, 0.998, 0.95)}
+    lines = quality_goals(means, "spend", paper_check=True)
+    assert lines[0] == "- Core NRMSE below 1.0 for every model: **not met** (trees 1.0010)."
+    assert lines[1] == ("- Core calibration within 0.9–1.1 for every model: **not met** "
+                        "(trees 0.860).")
+    # HTLNet: best AUC and NRMSE, calibration 0.95 against Shared-Bottom's 1.0.
+    assert lines[3] == ("- htlnet matches or beats the best baseline and the trees on every "
+                        "column: **not met** on 1 of 3 columns (spend calibration 0.9500 vs "
+                        "shared_bottom 1.0000).")
+    assert lines[2].startswith("- apem matches") and "on 2 of 3 columns (visit auc 0.6200 vs " \
+        "shared_bottom 0.6400; spend calibration" in lines[2]
+    assert quality_goals({"htlnet": row(0.7, 0.9, 1.0)}, "spend", paper_check=False) == [
+        "- Core NRMSE below 1.0 for every model: met.",
+        "- Core calibration within 0.9–1.1 for every model: met."]

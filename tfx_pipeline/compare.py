@@ -244,7 +244,7 @@ def run_trees(spec, tft_output, train, evaluation, seed, truth=None):
 
 def format_table(models, runs, columns=None) -> list[str]:
     columns = columns or list(next(iter(runs.values()))[0])
-    lines = ["| model | " + " | ".join(columns) + " |",
+    lines = ["| model | " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
              "| --- | " + " | ".join("---" for _ in columns) + " |"]
     for name in models:
         cells = []
@@ -259,6 +259,61 @@ def format_table(models, runs, columns=None) -> list[str]:
             else:
                 cells.append(f"{np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+PAPER_MODELS = ("apem", "htlnet")
+BASELINES = ("shared_bottom", "mmoe", "ple", "esmm", "aitm", "trees")
+
+
+def better(column: str, a: float, b: float) -> bool:
+    """Whether value a beats value b in this metric column (calibration: nearer 1)."""
+    name = column.rsplit(" ", 1)[-1]
+    if name == "calibration":
+        return abs(a - 1) < abs(b - 1)
+    if name in ("log_loss", "nrmse", "nmae"):
+        return a < b
+    return a > b
+
+
+def quality_goals(means: dict, target: str | None, paper_check: bool) -> list[str]:
+    """The issue's quality goals checked against mean-over-seeds values, as Markdown.
+
+    Args:
+      means: model -> metric column -> mean over seeds (the oracle row excluded).
+      target: the core target's name, or None.
+      paper_check: also check that APEM and HTLNet match the best baseline and the
+        trees on every metric column (the goal is set for Hillstrom).
+    Returns:
+      Lines that state each goal as met or name every model and column short of it.
+    """
+    lines = []
+    if target:
+        nrmse = {m: v[f"{target} nrmse"] for m, v in means.items()}
+        short = [f"{m} {x:.4f}" for m, x in nrmse.items() if not x < 1.0]
+        lines.append("- Core NRMSE below 1.0 for every model: "
+                     + ("met." if not short else f"**not met** ({', '.join(short)})."))
+        calibration = {m: v[f"{target} calibration"] for m, v in means.items()}
+        short = [f"{m} {x:.3f}" for m, x in calibration.items() if not 0.9 <= x <= 1.1]
+        lines.append("- Core calibration within 0.9–1.1 for every model: "
+                     + ("met." if not short else f"**not met** ({', '.join(short)})."))
+    if paper_check:
+        columns = [c for c in next(iter(means.values())) if c != "train examples/s"
+                   and "|pred - true|" not in c]
+        for model in (m for m in PAPER_MODELS if m in means):
+            gaps = []
+            for column in columns:
+                rivals = [b for b in BASELINES if b in means]
+                best = rivals[0]
+                for rival in rivals[1:]:
+                    if better(column, means[rival][column], means[best][column]):
+                        best = rival
+                if better(column, means[best][column], means[model][column]):
+                    gaps.append(f"{column} {means[model][column]:.4f} vs {best} "
+                                f"{means[best][column]:.4f}")
+            lines.append(f"- {model} matches or beats the best baseline and the trees on every "
+                         "column: " + ("met." if not gaps else f"**not met** on {len(gaps)} of "
+                                        f"{len(columns)} columns ({'; '.join(gaps)})."))
     return lines
 
 
@@ -288,6 +343,7 @@ def main(argv=None) -> int:
     import tensorflow_transform as tft
 
     from keras_models import registry
+    from tfx_pipeline.machine import cpu_description
     from tfx_pipeline.trainer import task_layout_for
     from transform import datasets
     from transform.datasets import synthetic
@@ -347,6 +403,12 @@ def main(argv=None) -> int:
                      f"{n_train:,} training and {n_eval:,} {scored_on}; chain {' -> '.join(spec.label_columns)}; core head "
                      f"{spec.chain.resolved_core_head}.", ""]
         sections += format_table(order, runs, columns) + [""]
+        means = {m: {c: float(np.nanmean([run.get(c, np.nan) for run in runs[m]])) for c in columns}
+                 for m in order if m != "oracle"}
+        sections += ["Quality goals (mean over seeds, computed from the table above; a gap "
+                     "smaller than the seeds' std is within noise):", ""]
+        sections += quality_goals(means, spec.chain.core_target,
+                                  paper_check=dataset == "hillstrom") + [""]
         if truth is not None:
             distance = [c for c in runs["oracle"][0] if "|pred - true|" in c]
             means = ", ".join(f"{label} {value.mean():.4f}" for label, value in truth.items())
@@ -357,7 +419,7 @@ def main(argv=None) -> int:
     header = [
         "# Model comparison", "",
         f"Written by `make compare` (`python -m tfx_pipeline.compare {' '.join(argv or sys.argv[1:])}`) "
-        f"on {datetime.date.today().isoformat()}, CPU: {cpu_model()}. Every model uses its "
+        f"on {datetime.date.today().isoformat()}, CPU: {cpu_description()}. Every model uses its "
         f"default hyper-parameters (docs/models.md), {args.epochs} epochs at batch "
         f"{args.batch_size}, Adam; mean ± std over {args.seeds} seeds (weights and data order). "
         "Metrics on the scored rows (each section names them): AUC and log loss of each step's marginal on all rows; "
@@ -377,15 +439,6 @@ def main(argv=None) -> int:
         handle.write("\n".join(header + sections))
     print(f"wrote {args.output}")
     return 0
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [l.split(":", 1)[1].strip() for l in handle if l.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0]}, {len(names)} cores" if names else "unknown"
 
 
 if __name__ == "__main__":
