@@ -10,10 +10,14 @@ towers [32]. APEM: 2 groups, 4 inducing points, 2 heads, 1 layer, towers
 
 Data are random and held in memory, so the figure is the model's training step
 through `model.fit` (Keras overhead included), not input I/O. Each model runs a
-warm-up epoch, then `--repeats` timed epochs of `--steps` steps; the median is
-reported.
+warm-up epoch, then `--repeats` timed epochs of `--steps` steps. Reported per
+model: the median examples/s over the timed epochs, their spread (slowest epoch's
+time / fastest's), and how much of an epoch passed outside the training steps
+(epoch time minus the sum of the per-step times a callback takes), which is where
+time lost to dispatch and input shows up.
 
     scripts/run python benchmarks/train_throughput.py [--models shared_bottom,mmoe] [--steps 200]
+        [--repeats 5] [--intra-op-threads N] [--inter-op-threads N]
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_models import registry  # noqa: E402
 from keras_models.layout import InputLayout, TaskLayout  # noqa: E402
+from tfx_pipeline.machine import cpu_description  # noqa: E402
 
 BATCH = 1024
 CATEGORICAL = {f"c{i:02d}": 1000 for i in range(16)}
@@ -69,47 +73,83 @@ def make_data(batches: int, seed: int = 0):
     return data.cache().repeat().prefetch(tf.data.AUTOTUNE), labels["value"]
 
 
-def measure(key: str, steps: int, repeats: int, data, values) -> float:
+class StepTimes(keras.callbacks.Callback):
+    """Wall time of each training step, from its begin to its end hook (s)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def measure(key: str, steps: int, repeats: int, data, values) -> dict:
+    """Median examples/s, spread and time outside the steps over `repeats` epochs."""
     name, hparams = CONFIGS[key]
     keras.utils.set_random_seed(0)
     model = registry.build(name, InputLayout(CATEGORICAL, NUMERIC), TASKS, {**BASE, **hparams})
     model.adapt_target(values)
-    callbacks = model.training_callbacks()
-    model.fit(data, steps_per_epoch=max(20, steps // 5), epochs=1, verbose=0, callbacks=callbacks)
-    rates = []
+    steps_timer = StepTimes()
+    callbacks = model.training_callbacks() + [steps_timer]
+    model.fit(data, steps_per_epoch=max(20, steps // 5), epochs=1, verbose=0, shuffle=False,
+              callbacks=callbacks)
+    epochs, outside, step_ms = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
-        rates.append(steps * BATCH / (time.perf_counter() - start))
-    return statistics.median(rates)
+        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False,
+              callbacks=callbacks)
+        elapsed = time.perf_counter() - start
+        epochs.append(elapsed)
+        outside.append(1 - sum(steps_timer.times) / elapsed)
+        step_ms.append(1000 * statistics.median(steps_timer.times))
+    return {"examples_per_s": steps * BATCH / statistics.median(epochs),
+            "epoch_s": epochs, "spread": max(epochs) / min(epochs),
+            "outside_steps": statistics.median(outside), "median_step_ms": statistics.median(step_ms)}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(CONFIGS))
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--intra-op-threads", type=int,
+                        help="TensorFlow's intra-op pool size (default: TensorFlow's choice)")
+    parser.add_argument("--inter-op-threads", type=int,
+                        help="TensorFlow's inter-op pool size (default: TensorFlow's choice)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     data, values = make_data(batches=64)
     results = {}
-    print(f"batch {BATCH}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
-          f"Keras {keras.__version__}, {platform.processor() or platform.machine()}")
-    print(f"{'model':<22}{'examples/s':>12}{'target':>10}  verdict")
+    print(f"batch {BATCH}, {cpu_description()}, TensorFlow {tf.__version__}, "
+          f"Keras {keras.__version__}; threads intra-op "
+          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, inter-op "
+          f"{tf.config.threading.get_inter_op_parallelism_threads() or 'auto'}; "
+          f"{args.repeats} timed epochs of {args.steps} steps")
+    print(f"{'model':<22}{'examples/s':>12}{'spread':>8}{'step ms':>9}{'outside':>9}"
+          f"{'target':>10}  verdict")
     for key in args.models.split(","):
-        rate = measure(key, args.steps, args.repeats, data, values)
-        results[key] = rate
+        result = measure(key, args.steps, args.repeats, data, values)
+        results[key] = result
+        rate = result["examples_per_s"]
         target = 1.2 * PYTORCH_REFERENCE[key] if key in PYTORCH_REFERENCE else None
         verdict = "" if target is None else ("meets" if rate >= target else "BELOW")
         shown = f"{target:,.0f}" if target else "-"
-        print(f"{key:<22}{rate:>12,.0f}{shown:>10}  {verdict}", flush=True)
+        print(f"{key:<22}{rate:>12,.0f}{result['spread']:>8.2f}{result['median_step_ms']:>9.1f}"
+              f"{result['outside_steps']:>9.0%}{shown:>10}  {verdict}", flush=True)
     if "htlnet" in results and "htlnet_no_adjustment" in results:
-        ratio = results["htlnet_no_adjustment"] / results["htlnet"]
+        ratio = results["htlnet_no_adjustment"]["examples_per_s"] / results["htlnet"]["examples_per_s"]
         print(f"HTLNet step time with / without the gradient adjustment: {ratio:.2f} "
               f"(target <= 1.3: {'meets' if ratio <= 1.3 else 'BELOW'})")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=1)
+            json.dump({"machine": cpu_description(), "results": results}, handle, indent=1)
 
 
 if __name__ == "__main__":
