@@ -36,6 +36,8 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tfx_pipeline.cli import OPEN_QUALITY_GATES  # noqa: E402
+
 _START = re.compile(r"^\[\d+/\d+\] (\S+) \.\.\.$")
 _DONE = re.compile(r"^\[\d+/\d+\] (\S+) done in ")
 _CHECKING = re.compile(r"^checking .* against spec")
@@ -121,7 +123,7 @@ def run_measured(command: list[str], log_path: str) -> list[dict]:
 def full_run(rows: int, work_dir: str, train_steps: int, beam_args: str = "") -> list[dict]:
     root = os.path.join(work_dir, f"full-{rows}")
     command = [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
-               "--rows", str(rows), "--train-steps", str(train_steps), "--min-auc", "0", "--core-calibration", "1e-9,1e9", "--max-core-nrmse", "1e9",
+               "--rows", str(rows), "--train-steps", str(train_steps), *OPEN_QUALITY_GATES,
                "--pipeline-root", root, "--serving-dir", os.path.join(work_dir, "serving")]
     if beam_args:
         command += ["--beam-args", beam_args]

@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfx_pipeline.cli import MODEL_NAMES  # noqa: E402
+from tfx_pipeline.cli import MODEL_NAMES, OPEN_QUALITY_GATES  # noqa: E402
 
 BATCH_SIZES = (1, 64, 256)
 TARGETS = {"in_process_b1_p99_ms": 2.0, "in_process_b256_examples_s": 100_000,
@@ -55,7 +55,8 @@ def run_pipeline(work: str) -> str:
     """One synthetic pipeline run; returns its pipeline root."""
     root = os.path.join(work, "pipeline")
     subprocess.run([sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
-                    "--rows", "5000", "--train-steps", "20", "--eval-steps", "2", "--min-auc", "0", "--core-calibration", "1e-9,1e9", "--max-core-nrmse", "1e9",
+                    "--rows", "5000", "--train-steps", "20", "--eval-steps", "2",
+                    *OPEN_QUALITY_GATES,
                     "--pipeline-root", root, "--serving-dir", os.path.join(work, "pushed")],
                    cwd=REPO, check=True, capture_output=True)
     return root

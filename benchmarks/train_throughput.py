@@ -100,14 +100,15 @@ def measure(key: str, steps: int, repeats: int, data, values) -> dict:
     for _ in range(repeats):
         start = time.perf_counter()
         model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False,
-              callbacks=callbacks)
+                  callbacks=callbacks)
         elapsed = time.perf_counter() - start
         epochs.append(elapsed)
         outside.append(1 - sum(steps_timer.times) / elapsed)
         step_ms.append(1000 * statistics.median(steps_timer.times))
     return {"examples_per_s": steps * BATCH / statistics.median(epochs),
             "epoch_s": epochs, "spread": max(epochs) / min(epochs),
-            "outside_steps": statistics.median(outside), "median_step_ms": statistics.median(step_ms)}
+            "outside_steps": statistics.median(outside),
+            "median_step_ms": statistics.median(step_ms)}
 
 
 def main(argv=None):
@@ -144,7 +145,8 @@ def main(argv=None):
         print(f"{key:<22}{rate:>12,.0f}{result['spread']:>8.2f}{result['median_step_ms']:>9.1f}"
               f"{result['outside_steps']:>9.0%}{shown:>10}  {verdict}", flush=True)
     if "htlnet" in results and "htlnet_no_adjustment" in results:
-        ratio = results["htlnet_no_adjustment"]["examples_per_s"] / results["htlnet"]["examples_per_s"]
+        ratio = (results["htlnet_no_adjustment"]["examples_per_s"]
+                 / results["htlnet"]["examples_per_s"])
         print(f"HTLNet step time with / without the gradient adjustment: {ratio:.2f} "
               f"(target <= 1.3: {'meets' if ratio <= 1.3 else 'BELOW'})")
     if args.json:

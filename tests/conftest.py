@@ -5,10 +5,6 @@ import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_HILLSTROM = os.path.join(REPO, "..", "shared", "datasets", "hillstrom", "hillstrom.csv.gz")
-# `run` flags that open every absolute quality gate, for tests of the plumbing that
-# train for a few steps only (the change gates still apply).
-OPEN_CORE_GATES = ("--core-calibration", "1e-9,1e9", "--max-core-nrmse", "1e9")
-NO_GATES = ("--min-auc", "0") + OPEN_CORE_GATES
 
 # Two logical CPU devices, so tests can train under MirroredStrategy. This must
 # happen before TensorFlow initialises its runtime, hence here, at collection.

@@ -6,16 +6,16 @@ import sys
 
 import pytest
 
-from conftest import NO_GATES, REPO
-from tfx_pipeline.cli import (MAX_LOCAL_BEAM_WORKERS, MULTI_PROCESS_MIN_ROWS, build_parser,
-                              join_beam_args, local_beam_args)
+from conftest import REPO
+from tfx_pipeline.cli import (MAX_LOCAL_BEAM_WORKERS, MULTI_PROCESS_MIN_ROWS, OPEN_QUALITY_GATES,
+                              build_parser, join_beam_args, local_beam_args)
 
 
 @pytest.mark.e2e
 def test_direct_runner_multi_processing_runs_the_pipeline(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
-         "--train-steps", "20", "--eval-steps", "2", *NO_GATES, "--verbose",
+         "--train-steps", "20", "--eval-steps", "2", *OPEN_QUALITY_GATES, "--verbose",
          "--beam-args", "--direct_running_mode=multi_processing --direct_num_workers=2",
          "--pipeline-root", str(tmp_path / "pipeline"), "--serving-dir", str(tmp_path / "serving")],
         cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import NO_GATES, REPO
+from conftest import REPO
 from tfx_pipeline import cli, trainer
+from tfx_pipeline.cli import OPEN_QUALITY_GATES
 
 
 def test_strategy_names():
@@ -92,7 +93,7 @@ def test_pipeline_trains_under_a_strategy(strategy, tmp_path):
     """multi_worker without TF_CONFIG: one worker, the chief, which keeps the model."""
     result = subprocess.run(
         [sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
-         "--train-steps", "40", "--eval-steps", "5", *NO_GATES, "--strategy", strategy,
+         "--train-steps", "40", "--eval-steps", "5", *OPEN_QUALITY_GATES, "--strategy", strategy,
          "--pipeline-root", str(tmp_path / "pipeline"), "--serving-dir", str(tmp_path / "serving")],
         cwd=REPO, capture_output=True, text=True, timeout=900,
         env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})

@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from conftest import NO_GATES, OPEN_CORE_GATES, REPO
+from conftest import REPO
 from serving import predict
+from tfx_pipeline.cli import OPEN_CORE_GATES, OPEN_QUALITY_GATES
 from transform.datasets import synthetic
 
 pytestmark = pytest.mark.e2e
@@ -230,7 +231,7 @@ def test_paper_models_train_export_and_serve_through_the_pipeline(model, tmp_pat
     root = tmp_path / "pipeline"
     result = cli("-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "3000",
                  "--model", model, "--hparams", '{"embedding_dim": 8}', "--train-steps", "60",
-                 "--eval-steps", "5", *NO_GATES, "--pipeline-root", str(root),
+                 "--eval-steps", "5", *OPEN_QUALITY_GATES, "--pipeline-root", str(root),
                  "--serving-dir", str(tmp_path / "serving"))
     assert "blessed; pushed to" in result.stdout
     rows = tmp_path / "rows.csv"

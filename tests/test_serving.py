@@ -20,10 +20,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import NO_GATES, REPO
+from conftest import REPO
 from serving import warmup
 from serving.client import ServingClient, ServingError, examples_from_csv
 from serving.predict import resolve_version_dir
+from tfx_pipeline.cli import OPEN_QUALITY_GATES
 from transform.datasets import synthetic
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,8 @@ def pushed(tmp_path_factory):
     """(base path with one version, rows CSV, serialized examples of those rows)."""
     root = tmp_path_factory.mktemp("serving")
     subprocess.run([sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
-                    "--rows", "3000", "--train-steps", "60", "--eval-steps", "5", *NO_GATES,
+                    "--rows", "3000", "--train-steps", "60", "--eval-steps", "5",
+                    *OPEN_QUALITY_GATES,
                     "--pipeline-root", str(root / "pipeline"), "--serving-dir", str(root / "serving")],
                    cwd=REPO, check=True, capture_output=True, timeout=900)
     base = root / "models" / MODEL
