@@ -26,6 +26,17 @@ def test_carve_validation_refuses_a_share_outside_the_open_unit_interval(share):
         carve_validation({"id": np.arange(4)}, share)
 
 
+@pytest.mark.parametrize("text", ["1", "1.5", "-0.2", "half"])
+def test_a_bad_validation_share_is_a_one_line_usage_error(text, capsys):
+    from tfx_pipeline.compare import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--validation-share", text])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m tfx_pipeline.compare: error: argument --validation-share:")
+
+
 def test_evaluate_scores_conditionals_and_core_calibration_by_hand():
     chain = datasets.spec_for("synthetic").chain
     labels = {"click": np.array([1, 1, 0, 0]), "conversion": np.array([1, 0, 0, 0]),

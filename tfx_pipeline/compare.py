@@ -116,6 +116,17 @@ def carve_validation(columns: dict, share: float, seed: int = 0) -> tuple[dict, 
     return ({k: v[fit] for k, v in columns.items()}, {k: v[validation] for k, v in columns.items()})
 
 
+def validation_share(text: str) -> float:
+    """argparse type of --validation-share: 0 (score on the eval split) or a share in (0, 1)."""
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= share < 1:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a share in (0, 1), got {text!r}")
+    return share
+
+
 def binary_metrics(y, p) -> dict:
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -329,7 +340,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=100000, help="synthetic rows")
     parser.add_argument("--core-head", choices=("auto", "decomposition", "ziln", "regression"),
                         help="override the spec's chain.core_head for every model")
-    parser.add_argument("--validation-share", type=float, default=0.0,
+    parser.add_argument("--validation-share", type=validation_share, default=0.0,
                         help="score on this share of the training split instead of the eval "
                              "split (for choosing defaults without touching the eval split)")
     parser.add_argument("--data", help="Hillstrom CSV (default: $HILLSTROM_CSV)")
