@@ -30,6 +30,7 @@ from keras import ops
 
 from keras_models.core_heads import make_core_head, masked_mean
 from keras_models.gradients import GradientConfig, GradientHandler
+from keras_models.input_options import steady_input
 from keras_models.layers import PACKAGE, FieldEmbedding
 from keras_models.layout import (PROBABILITY_EPSILON, SCORE_KEY, InputLayout, TaskLayout,
                                  conditional_key, pred_key, prob_key, raw_key)
@@ -333,6 +334,15 @@ class MultiTaskModel(keras.Model):
                     for name in self.task_layout.label_names]
         del tape
         return [self.trainable_variables[i] for i in _reached_by_several(per_task)]
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """keras.Model.fit with tf.data autotuning off for dataset inputs (see
+        keras_models.input_options: it made epochs end on a fixed schedule)."""
+        return super().fit(steady_input(x), y, *args,
+                           validation_data=steady_input(validation_data), **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        return super().evaluate(steady_input(x), *args, **kwargs)
 
     def test_step(self, data):
         features, labels = data[0], data[1]

@@ -97,3 +97,24 @@ def test_cli_lists_every_registered_model():
     from tfx_pipeline.cli import MODEL_NAMES
 
     assert sorted(MODEL_NAMES) == sorted(registry.MODELS)
+
+
+def test_fit_and_evaluate_switch_tf_data_autotuning_off(monkeypatch):
+    """The autotuner made fit/evaluate return on its own schedule (keras_models.input_options)."""
+    from keras_models.input_options import steady_input
+
+    data = tf.data.Dataset.range(4).prefetch(tf.data.AUTOTUNE)
+    assert data.options().autotune.enabled is not False
+    assert steady_input(data).options().autotune.enabled is False
+    assert list(steady_input(data).as_numpy_iterator()) == [0, 1, 2, 3]
+    arrays = {"x": np.zeros(3)}
+    assert steady_input(arrays) is arrays and steady_input(None) is None
+
+    seen = []
+    monkeypatch.setattr(keras.Model, "fit", lambda self, x=None, y=None, *a, validation_data=None,
+                        **k: seen.extend([x, validation_data]))
+    monkeypatch.setattr(keras.Model, "evaluate", lambda self, x=None, *a, **k: seen.append(x))
+    model = registry.build("shared_bottom", INPUTS, TASKS, {"embedding_dim": 4})
+    model.fit(data, validation_data=data)
+    model.evaluate(data)
+    assert [d.options().autotune.enabled for d in seen] == [False, False, False]

@@ -21,6 +21,7 @@ import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
 from keras_models import registry
+from keras_models.input_options import steady_input
 from keras_models.layout import InputLayout, TaskLayout
 from serving.export import export_serving_model
 from transform.preprocessing import vocabulary_name
@@ -80,14 +81,15 @@ def task_layout_for(spec: DatasetSpec) -> TaskLayout:
 
 def make_dataset(file_pattern, data_accessor, tft_output, spec: DatasetSpec, batch_size: int,
                  seed: int | None = None):
-    """Transformed examples as (features, labels) batches, repeated forever."""
+    """Transformed examples as (features, labels) batches, repeated forever, with
+    tf.data autotuning off (keras_models.input_options says why)."""
     options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle_seed=seed)
     dataset = data_accessor.tf_dataset_factory(
         file_pattern, options, tft_output.transformed_metadata.schema)
     labels = spec.label_columns
-    return dataset.map(lambda batch: (
+    return steady_input(dataset.map(lambda batch: (
         {k: v for k, v in batch.items() if k not in labels},
-        {k: batch[k] for k in labels}))
+        {k: batch[k] for k in labels})))
 
 
 def run_fn(fn_args):
