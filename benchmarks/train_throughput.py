@@ -17,7 +17,10 @@ time / fastest's), and how much of an epoch passed outside the training steps
 time lost to dispatch and input shows up.
 
     scripts/run python benchmarks/train_throughput.py [--models shared_bottom,mmoe] [--steps 200]
-        [--repeats 5] [--intra-op-threads N] [--inter-op-threads N]
+        [--repeats 5] [--runs 1] [--intra-op-threads N] [--inter-op-threads N]
+
+With --runs N the whole table is measured N times in a row (the goals must hold
+in every run) and a last line says in how many runs each goal held.
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ CONFIGS = {
     "htlnet": ("htlnet", {"tower_units": [128, 64, 32]}),
     "htlnet_no_adjustment": ("htlnet", {"tower_units": [128, 64, 32], "gradient_rule": "none"}),
 }
-# Reference: a widely used PyTorch multi-task library on the same machine and shapes
-# (issue 3); targets are 1.2x these.
-PYTORCH_REFERENCE = {"shared_bottom": 78_000, "mmoe": 34_000, "ple": 22_000}
+# Reference: a widely used PyTorch multi-task library at the same shapes on a 2-core AMD
+# EPYC with AVX2 (the upper end of its 3 runs there, issue 12); targets are 1.2x these.
+PYTORCH_REFERENCE = {"shared_bottom": 84_000, "mmoe": 35_000, "ple": 24_000}
+MAX_SPREAD = 1.2            # slowest / fastest timed epoch, in every run
+MAX_ADJUSTMENT_RATIO = 1.3  # HTLNet step time with / without its gradient adjustment
 
 
 def make_data(batches: int, seed: int = 0):
@@ -111,11 +116,55 @@ def measure(key: str, steps: int, repeats: int, data, values) -> dict:
             "median_step_ms": statistics.median(step_ms)}
 
 
+def run_table(models: list[str], steps: int, repeats: int, data, values) -> dict:
+    """One run: every model measured and printed; the results by model."""
+    results = {}
+    print(f"{'model':<22}{'examples/s':>12}{'spread':>8}{'step ms':>9}{'outside':>9}"
+          f"{'target':>10}  verdict")
+    for key in models:
+        result = measure(key, steps, repeats, data, values)
+        results[key] = result
+        rate = result["examples_per_s"]
+        target = 1.2 * PYTORCH_REFERENCE[key] if key in PYTORCH_REFERENCE else None
+        misses = ([] if target is None or rate >= target else ["BELOW target"]) + (
+            [f"spread > {MAX_SPREAD}"] if result["spread"] > MAX_SPREAD else [])
+        shown = f"{target:,.0f}" if target else "-"
+        print(f"{key:<22}{rate:>12,.0f}{result['spread']:>8.2f}{result['median_step_ms']:>9.1f}"
+              f"{result['outside_steps']:>9.0%}{shown:>10}  {', '.join(misses) or 'meets'}",
+              flush=True)
+    if "htlnet" in results and "htlnet_no_adjustment" in results:
+        ratio = (results["htlnet_no_adjustment"]["examples_per_s"]
+                 / results["htlnet"]["examples_per_s"])
+        results["htlnet_adjustment_ratio"] = ratio
+        print(f"HTLNet step time with / without the gradient adjustment: {ratio:.2f} "
+              f"(target <= {MAX_ADJUSTMENT_RATIO}: "
+              f"{'meets' if ratio <= MAX_ADJUSTMENT_RATIO else 'BELOW'})")
+    return results
+
+
+def goals_held(results: dict) -> dict:
+    """Goal name -> whether it held in this run (only the goals measured)."""
+    held = {}
+    for key, reference in PYTORCH_REFERENCE.items():
+        if key in results:
+            held[f"{key} >= {1.2 * reference:,.0f}/s"] = (
+                results[key]["examples_per_s"] >= 1.2 * reference)
+    spreads = [r["spread"] for k, r in results.items() if isinstance(r, dict)]
+    if spreads:
+        held[f"every spread <= {MAX_SPREAD}"] = max(spreads) <= MAX_SPREAD
+    if "htlnet_adjustment_ratio" in results:
+        held[f"HTLNet ratio <= {MAX_ADJUSTMENT_RATIO}"] = (
+            results["htlnet_adjustment_ratio"] <= MAX_ADJUSTMENT_RATIO)
+    return held
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(CONFIGS))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="measure the whole table this many times in a row")
     parser.add_argument("--intra-op-threads", type=int,
                         help="TensorFlow's intra-op pool size (default: TensorFlow's choice)")
     parser.add_argument("--inter-op-threads", type=int,
@@ -127,31 +176,23 @@ def main(argv=None):
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     data, values = make_data(batches=64)
-    results = {}
     print(f"batch {BATCH}, {cpu_description()}, TensorFlow {tf.__version__}, "
           f"Keras {keras.__version__}; threads intra-op "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, inter-op "
           f"{tf.config.threading.get_inter_op_parallelism_threads() or 'auto'}; "
           f"{args.repeats} timed epochs of {args.steps} steps")
-    print(f"{'model':<22}{'examples/s':>12}{'spread':>8}{'step ms':>9}{'outside':>9}"
-          f"{'target':>10}  verdict")
-    for key in args.models.split(","):
-        result = measure(key, args.steps, args.repeats, data, values)
-        results[key] = result
-        rate = result["examples_per_s"]
-        target = 1.2 * PYTORCH_REFERENCE[key] if key in PYTORCH_REFERENCE else None
-        verdict = "" if target is None else ("meets" if rate >= target else "BELOW")
-        shown = f"{target:,.0f}" if target else "-"
-        print(f"{key:<22}{rate:>12,.0f}{result['spread']:>8.2f}{result['median_step_ms']:>9.1f}"
-              f"{result['outside_steps']:>9.0%}{shown:>10}  {verdict}", flush=True)
-    if "htlnet" in results and "htlnet_no_adjustment" in results:
-        ratio = (results["htlnet_no_adjustment"]["examples_per_s"]
-                 / results["htlnet"]["examples_per_s"])
-        print(f"HTLNet step time with / without the gradient adjustment: {ratio:.2f} "
-              f"(target <= 1.3: {'meets' if ratio <= 1.3 else 'BELOW'})")
+    runs = []
+    for run in range(args.runs):
+        if args.runs > 1:
+            print(f"run {run + 1} of {args.runs}")
+        runs.append(run_table(args.models.split(","), args.steps, args.repeats, data, values))
+    if args.runs > 1:
+        held = [goals_held(r) for r in runs]
+        print("goals held in: " + "; ".join(
+            f"{goal} {sum(h[goal] for h in held)}/{args.runs}" for goal in held[0]))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"machine": cpu_description(), "results": results}, handle, indent=1)
+            json.dump({"machine": cpu_description(), "runs": runs}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,23 @@ def test_unknown_objective_and_selector():
         build(objective="magic")
     with pytest.raises(ValueError, match="selector must be one of"):
         build(selector="magic")
+
+
+def test_pattern_selector_against_numpy():
+    """Attention selection written out in NumPy from the layer's own weights."""
+    model = build(adaptive_indicators=False, selector_skip=False)
+    patterns = model.patterns(batch()[0])[0].numpy()                   # (B, F, D)
+    selector = model.selector
+    u = selector.indicators.numpy()                                     # (T, D)
+    heads, k = 2, D // 2
+    q = (u @ selector.query.kernel.numpy()).reshape(3, heads, k)
+    keys = (patterns @ selector.key.kernel.numpy()).reshape(B, F, heads, k)
+    values = (patterns @ selector.value.kernel.numpy()).reshape(B, F, heads, k)
+    scores = np.einsum("thk,bfhk->bthf", q, keys) / np.sqrt(k)
+    alpha = np.exp(scores - scores.max(-1, keepdims=True))
+    alpha /= alpha.sum(-1, keepdims=True)
+    expected = np.einsum("bthf,bfhk->bthk", alpha, values).reshape(B, 3, D)
+    weights, _ = selector.weights_and_values(patterns)
+    np.testing.assert_allclose(weights.numpy(), alpha, rtol=1e-5, atol=1e-6)
+    for t, selection in enumerate(selector(patterns)):
+        np.testing.assert_allclose(selection.numpy(), expected[:, t], rtol=1e-4, atol=1e-5)

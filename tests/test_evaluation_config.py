@@ -42,21 +42,17 @@ def test_each_output_has_its_label_and_sample_space(config):
 def test_metrics_per_kind(config):
     by_output = {s.output_names[0]: [m.class_name for m in s.metrics] for s in config.metrics_specs}
     for output in ("visit_prob", "conversion_prob", "conversion_prob_given_visit"):
-        assert by_output[output] == ["ExampleCount", "AUC", "SafeLogLoss", "Calibration",
-                                     "MeanLabel", "MeanPrediction", "CalibrationPlot"]
-        log_loss = next(m for m in next(s for s in config.metrics_specs
-                                        if s.output_names[0] == output).metrics
-                        if m.class_name == "SafeLogLoss")
-        assert log_loss.module == "tfx_pipeline.tfma_metrics"
+        assert by_output[output] == ["BinaryExampleCount", "BinaryAUC", "SafeLogLoss",
+                                     "BinaryCalibration", "BinaryMeanLabel",
+                                     "BinaryMeanPrediction", "BinaryCalibrationPlot"]
     for output in ("spend_pred", "spend_pred_given_conversion"):
-        assert by_output[output] == ["ExampleCount", "MeanSquaredErrorOnSample",
+        assert by_output[output] == ["SampleExampleCount", "MeanSquaredErrorOnSample",
                                      "MeanAbsoluteErrorOnSample", "NRMSE", "NMAE",
                                      "NormalizedGini", "Spearman", "CalibrationOnSample",
-                                     "MeanLabel", "MeanPrediction"]
-        custom = [m for m in next(s for s in config.metrics_specs
-                                  if s.output_names[0] == output).metrics if m.module]
-        assert {m.module for m in custom} == {"tfx_pipeline.tfma_metrics"}
-        assert len(custom) == 7
+                                     "SampleMeanLabel", "SampleMeanPrediction"]
+    # All of them are the project's (one combiner per output kind; tfx_pipeline.tfma_metrics).
+    assert {m.module for s in config.metrics_specs for m in s.metrics} == {
+        "tfx_pipeline.tfma_metrics"}
 
 
 def test_slices_come_from_the_spec_including_a_cross(config):
@@ -67,7 +63,7 @@ def test_slices_come_from_the_spec_including_a_cross(config):
 
 def test_gates_on_all_rows_outputs_overall_slice(config):
     for output in ("visit_prob", "conversion_prob"):
-        (threshold,) = thresholds(config, output, "AUC")
+        (threshold,) = thresholds(config, output, "BinaryAUC")
         assert threshold.value_threshold.lower_bound.value == pytest.approx(0.6)
         assert threshold.change_threshold.absolute.value == pytest.approx(-0.01)
         assert threshold.change_threshold.direction == config_pb2.MetricDirection.HIGHER_IS_BETTER
@@ -81,10 +77,10 @@ def test_gates_on_all_rows_outputs_overall_slice(config):
     assert nrmse.value_threshold.upper_bound.value == pytest.approx(1.0)
     assert not nrmse.value_threshold.HasField("lower_bound")
     # Narrow sample spaces are reported, not gated: their counts are small.
-    assert thresholds(config, "conversion_prob_given_visit", "AUC") == []
+    assert thresholds(config, "conversion_prob_given_visit", "BinaryAUC") == []
     assert thresholds(config, "spend_pred_given_conversion", "NormalizedGini") == []
     spec = next(s for s in config.metrics_specs if s.output_names[0] == "visit_prob")
-    auc = next(m for m in spec.metrics if m.class_name == "AUC")
+    auc = next(m for m in spec.metrics if m.class_name == "BinaryAUC")
     assert list(auc.per_slice_thresholds[0].slicing_specs) == [config_pb2.SlicingSpec()]
 
 

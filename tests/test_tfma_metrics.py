@@ -182,10 +182,15 @@ def test_registered_for_metric_configs():
         assert metric_types.registered_metrics()[cls.__name__] is cls
 
 
+def run_binary(metric, labels, predictions, weights=None, weighted=False, splits=2):
+    """A binary-output metric's value through its histogram combiner, as TFMA drives it."""
+    histogram, derived = metric().computations(example_weighted=weighted)
+    (key,) = derived.keys
+    return derived.result(combine(histogram.combiner, labels, predictions, weights, splits))[key]
+
+
 def run_log_loss(labels, predictions, weights=None, weighted=False, splits=2):
-    (computation,) = tfma_metrics.SafeLogLoss().computations(example_weighted=weighted)
-    (key,) = computation.keys
-    return combine(computation.combiner, labels, predictions, weights, splits)[key]
+    return run_binary(tfma_metrics.SafeLogLoss, labels, predictions, weights, weighted, splits)
 
 
 def test_log_loss_by_hand_and_against_sklearn():
@@ -208,3 +213,104 @@ def test_log_loss_weights_select_rows():
     got = run_log_loss([1, 0, 1], [0.8, 0.5, 0.9], weights=[1, 0, 1], weighted=True)
     assert got == pytest.approx(-(math.log(0.8) + math.log(0.9)) / 2, rel=1e-6)
     assert math.isnan(run_log_loss([1, 0], [0.8, 0.5], weights=[0, 0], weighted=True))
+
+
+def _fixed_run_examples(path, rows=3000):
+    """tf.Examples carrying labels, predictions, weights and a slice feature; predictions
+    include exact 0 and 1 and values on histogram bucket edges."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(11)
+    click = (rng.random(rows) < 0.3).astype(np.int64)
+    conversion = click * (rng.random(rows) < 0.4)
+    p_click = np.clip(0.3 + 0.3 * (click - 0.3) + rng.normal(0, 0.2, rows), 0, 1)
+    p_click[:6] = [0.0, 1.0, 0.5, 1e-4, 0.9999, 0.25]
+    p_conversion = np.clip(rng.beta(2, 3, rows) + 0.2 * conversion, 0, 1)
+    revenue = conversion * rng.lognormal(3, 1, rows)
+    predicted_revenue = np.clip(revenue * rng.uniform(0.3, 1.6, rows) + rng.normal(2, 1, rows), 0,
+                                None)
+    device = rng.choice([b"ios", b"android", b"web"], rows)
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(rows):
+            floats = {"p_click": p_click[i], "p_conversion": p_conversion[i],
+                      "revenue": revenue[i], "p_revenue": predicted_revenue[i]}
+            feature = {k: tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
+                       for k, v in floats.items()}
+            feature.update({k: tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+                            for k, v in (("click", click[i]), ("conversion", conversion[i]))})
+            feature["device"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[device[i]]))
+            writer.write(tf.train.Example(
+                features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def _run_tfma(path, output_dir, metrics_by_output):
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis.proto import config_pb2
+
+    outputs = {"click_prob": ("click", "p_click", None),
+               "conversion_prob_given_click": ("conversion", "p_conversion", "click"),
+               "revenue_pred": ("revenue", "p_revenue", None),
+               "revenue_pred_given_conversion": ("revenue", "p_revenue", "conversion")}
+    model = config_pb2.ModelSpec(
+        label_keys={o: v[0] for o, v in outputs.items()},
+        prediction_keys={o: v[1] for o, v in outputs.items()},
+        example_weight_keys={o: v[2] for o, v in outputs.items() if v[2]})
+    specs = []
+    for output, (_, _, weight) in outputs.items():
+        kind = "binary" if output.endswith(("prob", "click")) else "regression"
+        specs.append(config_pb2.MetricsSpec(
+            output_names=[output], metrics=metrics_by_output[kind],
+            example_weights=config_pb2.ExampleWeightOptions(weighted=bool(weight),
+                                                            unweighted=not weight)))
+    config = config_pb2.EvalConfig(
+        model_specs=[model], metrics_specs=specs,
+        slicing_specs=[config_pb2.SlicingSpec(), config_pb2.SlicingSpec(feature_keys=["device"])])
+    tfma.run_model_analysis(eval_config=config, data_location=path, file_format="tfrecords",
+                            output_path=output_dir)
+    metrics = {}
+    for per_slice in tfma.load_metrics(output_dir):
+        for entry in per_slice.metric_keys_and_values:
+            metrics[(str(per_slice.slice_key), entry.key.output_name, entry.key.name)] = \
+                entry.value.double_value.value
+    plots = {}
+    for per_slice in tfma.load_plots(output_dir):
+        for entry in per_slice.plot_keys_and_values:
+            buckets = entry.value.calibration_histogram_buckets.buckets
+            plots[(str(per_slice.slice_key), entry.key.output_name)] = [
+                (b.lower_threshold_inclusive, b.num_weighted_examples.value,
+                 b.total_weighted_label.value, b.total_weighted_refined_prediction.value)
+                for b in buckets]
+    return metrics, plots
+
+
+@pytest.mark.e2e
+def test_project_metrics_equal_tfma_builtins_on_a_fixed_run(tmp_path):
+    """The Evaluator's metrics (one combiner per output) give TFMA's built-in values:
+    the same run evaluated with TFMA's ExampleCount, AUC, Calibration, MeanLabel,
+    MeanPrediction and CalibrationPlot, and with the project's replacements."""
+    from tensorflow_model_analysis.proto import config_pb2
+
+    from tfx_pipeline import eval_config
+
+    path = str(tmp_path / "run.tfrecord")
+    _fixed_run_examples(path)
+    builtin = {"binary": [config_pb2.MetricConfig(class_name=name) for name in
+                          ("ExampleCount", "AUC", "Calibration", "MeanLabel", "MeanPrediction")]
+               + [config_pb2.MetricConfig(class_name="CalibrationPlot",
+                                          config='"num_buckets": 1000')],
+               "regression": [config_pb2.MetricConfig(class_name=name) for name in
+                              ("ExampleCount", "MeanLabel", "MeanPrediction")]}
+    ours = {kind: [config_pb2.MetricConfig(class_name=name, module=eval_config.CUSTOM_METRICS_MODULE)
+                   for name in names]
+            for kind, names in (("binary", eval_config.BINARY_METRICS),
+                                ("regression", eval_config.REGRESSION_METRICS))}
+    expected_metrics, expected_plots = _run_tfma(path, str(tmp_path / "builtin"), builtin)
+    got_metrics, got_plots = _run_tfma(path, str(tmp_path / "ours"), ours)
+    assert len(expected_metrics) == 4 * 4 * 5 - 4 * 2 * 2   # 4 slices; 5 binary, 3 regression
+    for key, value in expected_metrics.items():
+        assert got_metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert expected_plots.keys() == got_plots.keys() and len(got_plots) == 8
+    for key, buckets in expected_plots.items():
+        assert len(got_plots[key]) == len(buckets) == 1002
+        np.testing.assert_allclose(np.array(got_plots[key]), np.array(buckets), rtol=1e-9,
+                                   atol=1e-12, err_msg=str(key))

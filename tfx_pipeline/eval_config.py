@@ -32,12 +32,14 @@ from tfx_pipeline.trainer import task_layout_for
 from transform.spec import DatasetSpec
 
 CUSTOM_METRICS_MODULE = "tfx_pipeline.tfma_metrics"
-BINARY_METRICS = ("ExampleCount", "AUC", "SafeLogLoss", "Calibration", "MeanLabel",
-                  "MeanPrediction")
-CUSTOM_BINARY_METRICS = ("SafeLogLoss",)
-REGRESSION_METRICS = ("MeanSquaredErrorOnSample", "MeanAbsoluteErrorOnSample", "NRMSE", "NMAE",
-                      "NormalizedGini", "Spearman", "CalibrationOnSample")
-CALIBRATION_BUCKETS = 1000   # fine buckets; the report merges them into equal-count bins
+# Every metric is one of tfx_pipeline.tfma_metrics: per output and slice, the binary
+# metrics share one histogram combiner and the regression metrics one sample
+# combiner, so TFMA runs two kinds of combiner instead of one per metric.
+BINARY_METRICS = ("BinaryExampleCount", "BinaryAUC", "SafeLogLoss", "BinaryCalibration",
+                  "BinaryMeanLabel", "BinaryMeanPrediction", "BinaryCalibrationPlot")
+REGRESSION_METRICS = ("SampleExampleCount", "MeanSquaredErrorOnSample",
+                      "MeanAbsoluteErrorOnSample", "NRMSE", "NMAE", "NormalizedGini", "Spearman",
+                      "CalibrationOnSample", "SampleMeanLabel", "SampleMeanPrediction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _thresholds(output: EvalOutput, metric: str, gates: Gates):
     """Per-slice thresholds for one metric of one output, or None."""
     if output.condition:
         return None
-    if metric == "AUC":
+    if metric == "BinaryAUC":
         return _overall(config_pb2.MetricThreshold(
             value_threshold=config_pb2.GenericValueThreshold(lower_bound={"value": gates.min_auc}),
             change_threshold=_no_worse_than_baseline(gates.max_auc_drop)))
@@ -96,19 +98,10 @@ def _thresholds(output: EvalOutput, metric: str, gates: Gates):
 
 
 def _metrics_spec(output: EvalOutput, gates: Gates) -> config_pb2.MetricsSpec:
-    if output.kind == "binary":
-        metrics = [config_pb2.MetricConfig(
-                       class_name=name, per_slice_thresholds=_thresholds(output, name, gates),
-                       module=CUSTOM_METRICS_MODULE if name in CUSTOM_BINARY_METRICS else "")
-                   for name in BINARY_METRICS]
-        metrics.append(config_pb2.MetricConfig(class_name="CalibrationPlot",
-                                         config=f'"num_buckets": {CALIBRATION_BUCKETS}'))
-    else:
-        metrics = [config_pb2.MetricConfig(class_name="ExampleCount")]
-        metrics += [config_pb2.MetricConfig(class_name=name, module=CUSTOM_METRICS_MODULE,
-                                      per_slice_thresholds=_thresholds(output, name, gates))
-                    for name in REGRESSION_METRICS]
-        metrics += [config_pb2.MetricConfig(class_name=name) for name in ("MeanLabel", "MeanPrediction")]
+    names = BINARY_METRICS if output.kind == "binary" else REGRESSION_METRICS
+    metrics = [config_pb2.MetricConfig(class_name=name, module=CUSTOM_METRICS_MODULE,
+                                       per_slice_thresholds=_thresholds(output, name, gates))
+               for name in names]
     # The weight of a conditional output is the 0/1 label that selects its rows.
     weights = config_pb2.ExampleWeightOptions(weighted=bool(output.condition),
                                         unweighted=not output.condition)
