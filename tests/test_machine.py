@@ -21,3 +21,57 @@ def test_a_cpu_without_avx512_says_so_by_omission(tmp_path):
 
 def test_missing_cpuinfo_still_reports_the_core_count(tmp_path):
     assert cpu_description(str(tmp_path / "absent")).startswith("unknown CPU, ")
+
+
+def test_thread_pools_default_to_the_cpu_count_and_can_be_overridden():
+    import pytest
+
+    from tfx_pipeline.machine import thread_pools, usable_cpus
+
+    assert thread_pools(2) == (2, 2)
+    assert thread_pools(8, intra=4) == (4, 8)
+    assert thread_pools(8, inter=1) == (8, 1)
+    with pytest.raises(ValueError, match="intra-op threads must be at least 1, got 0"):
+        thread_pools(2, intra=0)
+    import os
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+
+
+def test_run_takes_thread_pool_sizes_and_refuses_bad_ones(capsys):
+    import pytest
+
+    from tfx_pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--intra-op-threads", "1", "--inter-op-threads", "2"])
+    assert (args.intra_op_threads, args.inter_op_threads) == (1, 2)
+    assert build_parser().parse_args(["run"]).intra_op_threads is None
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["run", "--intra-op-threads", "0"])
+    assert exit_info.value.code == 2
+    assert "expected at least 1 thread, got 0" in capsys.readouterr().err
+
+
+def test_tensorflow_gets_the_pools_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = ("from tfx_pipeline.machine import configure_tensorflow_threads as c; "
+            "import tensorflow as tf; print(c(1, 2)); "
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=__import__("pathlib").Path(__file__).resolve().parent.parent).stdout
+    assert out.split("\n")[-3:-1] == ["(1, 2)", "1 2"]
+
+
+def test_pools_fixed_by_a_running_tensorflow_are_an_error_that_says_so():
+    import subprocess
+    import sys
+
+    code = ("import tensorflow as tf; tf.constant(1.0) + 1.0; "
+            "from tfx_pipeline.machine import configure_tensorflow_threads as c, usable_cpus; "
+            "print(c() == (usable_cpus(), usable_cpus())); c(1, 1)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=__import__("pathlib").Path(__file__).resolve().parent.parent)
+    assert done.stdout.strip().endswith("True")     # TensorFlow's own choice is the same
+    assert "already runs with thread pools" in done.stderr and done.returncode != 0

@@ -84,6 +84,16 @@ def pipeline_name(dataset: str, model: str) -> str:
     return f"funnel-{dataset}-{model}".replace("_", "-")
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 thread, got {value}")
+    return value
+
+
 def _band(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in text.split(","))
@@ -142,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--beam-args", default="", help=BEAM_ARGS_HELP)
     run.add_argument("--schema", help="curated schema.pbtxt to validate against (default: inferred)")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam/TensorFlow logs")
+    run.add_argument("--intra-op-threads", type=_threads, metavar="N",
+                     help="TensorFlow's intra-op thread pool (default: the usable CPUs)")
+    run.add_argument("--inter-op-threads", type=_threads, metavar="N",
+                     help="TensorFlow's inter-op thread pool (default: the usable CPUs)")
 
     compile_ = commands.add_parser(
         "compile", help="write a Kubeflow Pipelines v2 spec (JSON and YAML)",
@@ -203,8 +217,13 @@ def _check_model(args, spec):
 
 
 def command_run(args) -> int:
+    from tfx_pipeline.machine import configure_tensorflow_threads, usable_cpus
     from transform import datasets
     from transform.ingest import ingest_csv
+
+    # Before TensorFlow runs anything: the Trainer runs in this process under
+    # LocalDagRunner, so these are the pools it trains with.
+    configure_tensorflow_threads(args.intra_op_threads, args.inter_op_threads)
 
     name = pipeline_name(args.dataset, args.model)
     pipeline_root = os.path.abspath(args.pipeline_root or os.path.join("pipelines", name))
@@ -224,8 +243,7 @@ def command_run(args) -> int:
     from tfx_pipeline import progress, results
     from tfx_pipeline.pipeline import create_pipeline
 
-    beam_args = local_beam_args(args.beam_args, ingested.rows_written,
-                                os.process_cpu_count() or 1)
+    beam_args = local_beam_args(args.beam_args, ingested.rows_written, usable_cpus())
     if beam_args and not args.beam_args.strip():
         print(f"{ingested.rows_written} rows: Beam runs with {' '.join(beam_args)} "
               f"(--beam-args overrides; \"--direct_running_mode=in_memory\" keeps one process)",

@@ -22,3 +22,48 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
                                         ("amx_tile", "AMX")) if flag in flags]
     parts = [names[0] if names else "unknown CPU", f"{len(names) or os.cpu_count()} cores"]
     return ", ".join(parts + units)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's
+    limit), or os.cpu_count() where the mask is unknown. Works on every Python the
+    project supports (os.process_cpu_count exists only from 3.13)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_pools(cpus: int, intra: int | None = None, inter: int | None = None) -> tuple[int, int]:
+    """(intra-op, inter-op) thread-pool sizes for TensorFlow: each the CPU count unless
+    given (what TensorFlow picks by itself, made explicit so it can be overridden and
+    reported). A given size must be at least 1."""
+    for name, value in (("intra-op", intra), ("inter-op", inter)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} threads must be at least 1, got {value}")
+    return (intra or cpus, inter or cpus)
+
+
+def configure_tensorflow_threads(intra: int | None = None,
+                                 inter: int | None = None) -> tuple[int, int]:
+    """Sets TensorFlow's thread pools (thread_pools of usable_cpus()) and returns them.
+
+    Must run before TensorFlow executes its first operation; afterwards the pools are
+    fixed, and asking for other sizes is an error that says so."""
+    import tensorflow as tf
+
+    cpus = usable_cpus()
+    intra, inter = thread_pools(cpus, intra, inter)
+    threading = tf.config.threading
+    try:
+        threading.set_intra_op_parallelism_threads(intra)
+        threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        current = (threading.get_intra_op_parallelism_threads(),
+                   threading.get_inter_op_parallelism_threads())
+        # (0, 0) is TensorFlow's own choice, the CPU count.
+        effective = tuple(size or cpus for size in current)
+        if effective != (intra, inter):
+            raise RuntimeError(f"TensorFlow already runs with thread pools {current}; "
+                               f"set them before it starts") from None
+    return intra, inter
