@@ -39,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tfx_pipeline.cli import OPEN_QUALITY_GATES  # noqa: E402
+from tfx_pipeline.compare import latest  # noqa: E402
 from tfx_pipeline.machine import cpu_description  # noqa: E402
 
 
@@ -52,11 +53,6 @@ def run_pipeline(work: str) -> str:
     return root
 
 
-def newest(pattern: str) -> str:
-    import glob
-
-    return max(glob.glob(pattern), key=lambda p: int(p.rstrip("/").split("/")[-1]))
-
 
 def write_rows(root: str, rows: int, path: str) -> int:
     """The run's raw eval examples, repeated until `rows`, as one TFRecord file."""
@@ -64,7 +60,7 @@ def write_rows(root: str, rows: int, path: str) -> int:
 
     from tfx_pipeline.serving_warmup import read_split_records
 
-    records = read_split_records(newest(f"{root}/ImportExampleGen/examples/*"), "eval")
+    records = read_split_records(latest(f"{root}/ImportExampleGen/examples/*"), "eval")
     with tf.io.TFRecordWriter(path) as writer:
         for i in range(rows):
             writer.write(records[i % len(records)])
@@ -110,7 +106,8 @@ def evaluate_once(model_dir: str, schema_path: str, config, data: str, out: str)
     from tfx.utils import io_utils
 
     start = time.perf_counter()
-    examples = tfxio.TFExampleRecord(file_pattern=data, schema=io_utils.SchemaReader().read(schema_path),
+    schema = io_utils.SchemaReader().read(schema_path)
+    examples = tfxio.TFExampleRecord(file_pattern=data, schema=schema,
                                      raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
     adapter = tensor_adapter.TensorAdapterConfig(
         arrow_schema=examples.ArrowSchema(),
@@ -143,8 +140,8 @@ def main(argv=None) -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="evaluator-speed-") as work:
         root = run_pipeline(work)
-        model_dir = newest(f"{root}/ServingWarmup/warm_model/*") + "/Format-Serving"
-        schema = newest(f"{root}/SchemaGen/schema/*") + "/schema.pbtxt"
+        model_dir = latest(f"{root}/ServingWarmup/warm_model/*") + "/Format-Serving"
+        schema = latest(f"{root}/SchemaGen/schema/*") + "/schema.pbtxt"
         data = os.path.join(work, "eval.tfrecord")
         rows = write_rows(root, args.rows, data)
         print(f"{rows:,} rows, {len(project.metrics_specs)} outputs x "

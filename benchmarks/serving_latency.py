@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfx_pipeline.cli import MODEL_NAMES, OPEN_QUALITY_GATES  # noqa: E402
+from tfx_pipeline.compare import latest  # noqa: E402
 
 BATCH_SIZES = (1, 64, 256)
 TARGETS = {"in_process_b1_p99_ms": 2.0, "in_process_b256_examples_s": 100_000,
@@ -62,11 +63,6 @@ def run_pipeline(work: str) -> str:
     return root
 
 
-def newest(pattern: str) -> str:
-    import glob
-
-    return max(glob.glob(pattern), key=lambda p: int(p.rstrip("/").split("/")[-1]))
-
 
 def export_models(root: str, models: list[str], out: str, xla: bool = True) -> None:
     """Exports each (untrained) model with the run's Transform graph to out/<model>/1.
@@ -80,8 +76,8 @@ def export_models(root: str, models: list[str], out: str, xla: bool = True) -> N
     from serving.predict import load_spec
     from tfx_pipeline.trainer import input_layout_for, task_layout_for
 
-    tft_output = tft.TFTransformOutput(newest(f"{root}/Transform/transform_graph/*"))
-    spec = load_spec(newest(f"{root}/Trainer/model/*") + "/Format-Serving")
+    tft_output = tft.TFTransformOutput(latest(f"{root}/Transform/transform_graph/*"))
+    spec = load_spec(latest(f"{root}/Trainer/model/*") + "/Format-Serving")
     for name in models:
         if os.path.exists(os.path.join(out, name, "1", "saved_model.pb")):
             continue   # exported by an earlier run with this --work-dir (and maybe being served)
@@ -94,7 +90,7 @@ def export_models(root: str, models: list[str], out: str, xla: bool = True) -> N
 def eval_examples(root: str, count: int) -> list[bytes]:
     from tfx_pipeline.serving_warmup import read_split_records
 
-    return read_split_records(newest(f"{root}/ImportExampleGen/examples/*"), "eval", count)
+    return read_split_records(latest(f"{root}/ImportExampleGen/examples/*"), "eval", count)
 
 
 def summarise(seconds: list[float], batch: int) -> dict:

@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_models import registry  # noqa: E402
 from keras_models.layout import InputLayout, TaskLayout  # noqa: E402
-from tfx_pipeline.machine import cpu_description  # noqa: E402
+from tfx_pipeline.machine import configure_tensorflow_threads, cpu_description  # noqa: E402
 
 BATCH = 1024
 CATEGORICAL = {f"c{i:02d}": 1000 for i in range(16)}
@@ -116,6 +116,11 @@ def measure(key: str, steps: int, repeats: int, data, values) -> dict:
             "median_step_ms": statistics.median(step_ms)}
 
 
+def target(key: str) -> float | None:
+    """The examples/s a model must reach (1.2x the PyTorch library), or None."""
+    return 1.2 * PYTORCH_REFERENCE[key] if key in PYTORCH_REFERENCE else None
+
+
 def run_table(models: list[str], steps: int, repeats: int, data, values) -> dict:
     """One run: every model measured and printed; the results by model."""
     results = {}
@@ -125,10 +130,10 @@ def run_table(models: list[str], steps: int, repeats: int, data, values) -> dict
         result = measure(key, steps, repeats, data, values)
         results[key] = result
         rate = result["examples_per_s"]
-        target = 1.2 * PYTORCH_REFERENCE[key] if key in PYTORCH_REFERENCE else None
-        misses = ([] if target is None or rate >= target else ["BELOW target"]) + (
+        goal = target(key)
+        misses = ([] if goal is None or rate >= goal else ["BELOW target"]) + (
             [f"spread > {MAX_SPREAD}"] if result["spread"] > MAX_SPREAD else [])
-        shown = f"{target:,.0f}" if target else "-"
+        shown = f"{goal:,.0f}" if goal else "-"
         print(f"{key:<22}{rate:>12,.0f}{result['spread']:>8.2f}{result['median_step_ms']:>9.1f}"
               f"{result['outside_steps']:>9.0%}{shown:>10}  {', '.join(misses) or 'meets'}",
               flush=True)
@@ -145,10 +150,9 @@ def run_table(models: list[str], steps: int, repeats: int, data, values) -> dict
 def goals_held(results: dict) -> dict:
     """Goal name -> whether it held in this run (only the goals measured)."""
     held = {}
-    for key, reference in PYTORCH_REFERENCE.items():
+    for key in PYTORCH_REFERENCE:
         if key in results:
-            held[f"{key} >= {1.2 * reference:,.0f}/s"] = (
-                results[key]["examples_per_s"] >= 1.2 * reference)
+            held[f"{key} >= {target(key):,.0f}/s"] = results[key]["examples_per_s"] >= target(key)
     spreads = [r["spread"] for k, r in results.items() if isinstance(r, dict)]
     if spreads:
         held[f"every spread <= {MAX_SPREAD}"] = max(spreads) <= MAX_SPREAD
@@ -171,10 +175,8 @@ def main(argv=None):
                         help="TensorFlow's inter-op pool size (default: TensorFlow's choice)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    if args.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
-    if args.inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    if args.intra_op_threads or args.inter_op_threads:
+        configure_tensorflow_threads(args.intra_op_threads, args.inter_op_threads)
     data, values = make_data(batches=64)
     print(f"batch {BATCH}, {cpu_description()}, TensorFlow {tf.__version__}, "
           f"Keras {keras.__version__}; threads intra-op "

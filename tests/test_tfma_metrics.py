@@ -300,8 +300,8 @@ def test_project_metrics_equal_tfma_builtins_on_a_fixed_run(tmp_path):
                                           config='"num_buckets": 1000')],
                "regression": [config_pb2.MetricConfig(class_name=name) for name in
                               ("ExampleCount", "MeanLabel", "MeanPrediction")]}
-    ours = {kind: [config_pb2.MetricConfig(class_name=name, module=eval_config.CUSTOM_METRICS_MODULE)
-                   for name in names]
+    module = eval_config.CUSTOM_METRICS_MODULE
+    ours = {kind: [config_pb2.MetricConfig(class_name=name, module=module) for name in names]
             for kind, names in (("binary", eval_config.BINARY_METRICS),
                                 ("regression", eval_config.REGRESSION_METRICS))}
     expected_metrics, expected_plots = _run_tfma(path, str(tmp_path / "builtin"), builtin)

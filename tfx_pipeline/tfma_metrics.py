@@ -74,9 +74,8 @@ class _OutputCombiner(beam.CombineFn):
     TFMA calls add_input once per example and slice, so reading is direct
     dictionary access (metric_util's general reader cost ~100 us an example)."""
 
-    def __init__(self, key: metric_types.MetricKey, eval_config, example_weighted: bool):
+    def __init__(self, key: metric_types.MetricKey, example_weighted: bool):
         self._key = key
-        self._eval_config = eval_config
         self._example_weighted = example_weighted
 
     def _rows(self, element):
@@ -170,7 +169,7 @@ class _DerivedMetric(metric_types.Metric):
 
         return [metric_types.MetricComputation(
                     keys=[state_key], preprocessors=None,
-                    combiner=self.COMBINER(state_key, eval_config, example_weighted)),
+                    combiner=self.COMBINER(state_key, example_weighted)),
                 metric_types.DerivedMetricComputation(keys=[metric_key], result=result)]
 
 
