@@ -50,6 +50,9 @@ class CommonHParams:
                   tables, a shared bottom, experts, APEM's transformer), the shared
                   parameters PCGrad and MetaBalance are defined on
       auto        embeddings for the htlnet rule, shared for pcgrad and metabalance
+
+    prior_bias: start each output layer's bias at the training labels' prior
+      (see MultiTaskModel.adapt_to_labels) instead of 0 [R].
     """
 
     embedding_dim: int = 16
@@ -62,6 +65,7 @@ class CommonHParams:
     norm_timing: str = "after_projection"
     ratio_clip: str = "upper"
     ema_decay: float = 0.9
+    prior_bias: bool = True
 
     @classmethod
     def from_dict(cls, values):
@@ -388,6 +392,38 @@ class MultiTaskModel(keras.Model):
         """Callbacks the model needs during fit (for example a temperature schedule)."""
         return []
 
+    def step_logits_are_conditional(self) -> bool:
+        """Whether the step output layers give logits of P(step | previous step)
+        (chained_heads) rather than of the marginals (marginal_heads)."""
+        return False
+
+    def adapt_to_labels(self, labels: Mapping[str, object]) -> None:
+        """Reads what the model fixes from training labels before `fit`.
+
+        The core head's scales (adapt_target) and, with hparams.prior_bias, each
+        output layer's starting bias: the logit of the step's training rate
+        (conditional on the previous step for chained models), and for the core
+        head its own prior (core_heads). With a rare last step (1 % converts) a
+        zero bias starts at P = 0.5, and the few hundred steps of a short run end
+        with the rate still under- or over-shot; starting at the prior removes
+        that. labels: label name -> (n,) training labels of the same n rows.
+        """
+        tasks = self.task_layout
+        columns = {name: np.asarray(labels[name], np.float64).ravel() for name in tasks.label_names}
+        if tasks.core_target:
+            self.adapt_target(columns[tasks.core_target], columns[tasks.steps[-1]])
+        if not self.hparams.prior_bias:
+            return
+        rates = step_rates([columns[step] for step in tasks.steps],
+                           conditional=self.step_logits_are_conditional())
+        biases = [np.array([_logit(rate)]) for rate in rates]
+        if tasks.core_target:
+            biases.append(self.core_head.initial_bias(columns[tasks.core_target],
+                                                      columns[tasks.steps[-1]]))
+        for head, bias in zip(self.heads, biases):
+            if bias is not None:
+                head.bias.assign(np.asarray(bias, "float32"))
+
     def adapt_target(self, values, last_step=None) -> None:
         """Sets the core head's fixed scales from training labels.
 
@@ -408,6 +444,29 @@ def _is_multi_worker(strategy) -> bool:
     MultiWorkerMirroredStrategy with more than one worker in TF_CONFIG."""
     return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             and strategy.extended._in_multi_worker_mode())
+
+
+def step_rates(step_labels, conditional: bool) -> list[float]:
+    """Training rate of each step: its mean, or with `conditional` its mean on the
+    rows where the previous step happened (the first step's mean for step 1).
+
+    step_labels: one (n,) 0/1 array per step, in chain order. A step with no rows
+    to average over gets 0.5.
+    """
+    rates, previous = [], None
+    for y in step_labels:
+        rows = y if previous is None or not conditional else y[previous == 1]
+        rates.append(float(rows.mean()) if rows.size else 0.5)
+        previous = y
+    return rates
+
+
+_PRIOR_CLIP = 1e-4
+
+
+def _logit(rate: float) -> float:
+    rate = min(max(rate, _PRIOR_CLIP), 1 - _PRIOR_CLIP)
+    return float(np.log(rate / (1 - rate)))
 
 
 def _reached_by_several(per_task) -> list[int]:
@@ -450,4 +509,4 @@ def hparams_from_dict(cls, values: Mapping):
 
 
 __all__ = ["CommonHParams", "Heads", "MultiTaskModel", "chained_heads", "hparams_from_dict",
-           "marginal_heads", "safe_probability", "PACKAGE"]
+           "marginal_heads", "safe_probability", "step_rates", "PACKAGE"]

@@ -72,6 +72,10 @@ class RegressionHead(keras.layers.Layer):
     def adapt(self, values, condition=None) -> None:
         self.scaler.adapt(values)
 
+    def initial_bias(self, values, condition):
+        """The output bias at the training prior: None, since 0 is the scaled target's mean."""
+        return None
+
     def mean(self, raw, last_prob):
         """raw (B, 1), last_prob (B,) -> (B,) on the original scale."""
         return self.scaler.inverse(raw[:, 0])
@@ -105,6 +109,10 @@ class DecompositionHead(keras.layers.Layer):
             self.value_mean.assign(float(values[rows].mean()))
             self.value_std.assign(float(max(values[rows].std(), 1e-6)))
 
+    def initial_bias(self, values, condition):
+        """None: 0 is already the z-scored value's mean on the last step's rows."""
+        return None
+
     def value(self, raw):
         """E[y | last step, x] (B,), never negative."""
         return ops.maximum(raw[:, 0] * self.value_std + self.value_mean, 0.0)
@@ -131,6 +139,20 @@ class ZILNHead(keras.layers.Layer):
         values = np.asarray(values, np.float64).ravel()
         if (values > 0).any():
             self.scale.assign(float(values[values > 0].mean()))
+
+    def initial_bias(self, values, condition):
+        """(3,) biases at the training prior: logit of the positive share, and the mean
+        and (through softplus) the std of log(y / scale) on the positive rows; None
+        when no training value is positive. Call after `adapt`."""
+        values = np.asarray(values, np.float64).ravel()
+        positive = values[values > 0]
+        if not positive.size:
+            return None
+        share = np.clip(positive.size / values.size, 1e-4, 1 - 1e-4)
+        log_y = np.log(positive / float(self.scale.numpy()))
+        sigma = max(float(log_y.std()) - _MIN_SIGMA, 1e-2)
+        inverse_softplus = sigma + math.log(-math.expm1(-sigma))
+        return np.array([math.log(share / (1 - share)), float(log_y.mean()), inverse_softplus])
 
     @staticmethod
     def _parts(raw):

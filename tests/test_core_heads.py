@@ -126,3 +126,19 @@ def test_probabilities_never_reach_zero_or_one():
         for step in ("click", "buy"):
             assert np.all(np.asarray(ones[f"{step}_prob"]) < 1.0), name
             assert np.all(np.asarray(zeros[f"{step}_prob"]) > 0.0), name
+
+
+def test_ziln_initial_bias_is_the_training_prior():
+    """With the tower's kernel at zero the ZILN parts equal the training prior: the
+    positive share, and the mean and std of log(y / scale) over the positive rows."""
+    head = ZILNHead()
+    y = np.array([0.0, 0.0, 0.0, 1.0, 3.0, 9.0], "float32")   # half positive, scale 13/3
+    head.adapt(y)
+    raw = np.asarray(head.initial_bias(y, None), "float32")[None, :]
+    logit, mu, sigma = (np.asarray(part)[0] for part in ZILNHead._parts(raw))
+    log_y = np.log(np.array([1.0, 3.0, 9.0]) / (13 / 3))
+    assert 1 / (1 + math.exp(-logit)) == pytest.approx(0.5, abs=1e-6)
+    assert mu == pytest.approx(log_y.mean(), rel=1e-5)
+    assert sigma == pytest.approx(log_y.std(), rel=1e-5)
+    assert head.initial_bias(np.zeros(3), None) is None
+    assert DecompositionHead().initial_bias(y, y > 0) is None

@@ -118,3 +118,33 @@ def test_fit_and_evaluate_switch_tf_data_autotuning_off(monkeypatch):
     model.fit(data, validation_data=data)
     model.evaluate(data)
     assert [d.options().autotune.enabled for d in seen] == [False, False, False]
+
+
+def test_step_rates_by_hand():
+    from keras_models.base import step_rates
+
+    click = np.array([1, 1, 0, 0, 1, 0, 0, 0], "float32")  # 3 of 8
+    buy = np.array([1, 0, 0, 0, 0, 0, 0, 0], "float32")    # 1 of 8; 1 of the 3 clicks
+    assert step_rates([click, buy], conditional=False) == pytest.approx([3 / 8, 1 / 8])
+    assert step_rates([click, buy], conditional=True) == pytest.approx([3 / 8, 1 / 3])
+    assert step_rates([np.zeros(4), np.zeros(4)], conditional=True) == pytest.approx([0.0, 0.5])
+
+
+@pytest.mark.parametrize("name,conditional", [("shared_bottom", False), ("mmoe", False),
+                                              ("ple", False), ("aitm", False), ("esmm", True),
+                                              ("apem", True), ("htlnet", False)])
+def test_output_biases_start_at_the_training_prior(name, conditional):
+    """A zero-input tower would predict each step's training rate: the step heads'
+    biases are its logit (of the conditional rate for chained models)."""
+    model = registry.build(name, INPUTS, TASKS, {"embedding_dim": 4})
+    features, labels = batch(400)
+    model.adapt_to_labels(labels)
+    click, buy = labels["click"], labels["buy"]
+    rates = [click.mean(), buy[click == 1].mean() if conditional else buy.mean()]
+    for head, rate in zip(model.heads[:2], rates):
+        assert float(head.bias.numpy()[0]) == pytest.approx(np.log(rate / (1 - rate)), rel=1e-5)
+    np.testing.assert_array_equal(model.heads[2].bias.numpy(), 0.0)  # decomposition: z = 0
+    untouched = registry.build(name, INPUTS, TASKS, {"embedding_dim": 4, "prior_bias": False})
+    untouched.adapt_to_labels(labels)
+    for head in untouched.heads:
+        np.testing.assert_array_equal(head.bias.numpy(), 0.0)

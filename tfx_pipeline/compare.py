@@ -194,8 +194,7 @@ def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_siz
     keras.utils.set_random_seed(seed)
     labels = spec.label_columns
     model = registry.build(name, input_layout_for(spec, tft_output), task_layout_for(spec))
-    if spec.chain.core_target:
-        model.adapt_target(train[spec.chain.core_target], train[spec.chain.steps[-1]])
+    model.adapt_to_labels({k: train[k] for k in labels})
     features = {k: v for k, v in train.items() if k not in labels}
     targets = {k: train[k] for k in labels}
     data = (tf.data.Dataset.from_tensor_slices((features, targets))

@@ -28,7 +28,7 @@ from transform.preprocessing import vocabulary_name
 from transform.spec import DatasetSpec
 
 KERAS_MODEL_FILE = "model.keras"
-_TARGET_SAMPLE_BATCHES = 50
+_LABEL_SAMPLE_BATCHES = 50  # the core head's scales and the output priors
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -107,10 +107,9 @@ def run_fn(fn_args):
                          batch_size, seed)
     evaluation = make_dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, spec,
                               batch_size)
-    if spec.chain.core_target:
-        sample = [labels for _, labels in train.take(_TARGET_SAMPLE_BATCHES)]
-        model.adapt_target(*(np.concatenate([np.reshape(b[name], -1) for b in sample])
-                             for name in (spec.chain.core_target, spec.chain.steps[-1])))
+    sample = [labels for _, labels in train.take(_LABEL_SAMPLE_BATCHES)]
+    model.adapt_to_labels({name: np.concatenate([np.reshape(b[name], -1) for b in sample])
+                           for name in spec.label_columns})
     model.fit(train, steps_per_epoch=fn_args.train_steps, epochs=1,
               validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
               callbacks=model.training_callbacks())
