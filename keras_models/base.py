@@ -34,6 +34,7 @@ from keras_models.input_options import steady_input
 from keras_models.layers import PACKAGE, FieldEmbedding
 from keras_models.layout import (PROBABILITY_EPSILON, SCORE_KEY, InputLayout, TaskLayout,
                                  conditional_key, pred_key, prob_key, raw_key)
+from keras_models.recalibration import Recalibration, RecalibrationLayer, fit_recalibration
 
 _EPSILON = 1e-7
 GRADIENT_SCOPES = ("auto", "embeddings", "shared")
@@ -53,6 +54,8 @@ class CommonHParams:
 
     prior_bias: start each output layer's bias at the training labels' prior
       (see MultiTaskModel.adapt_to_labels) instead of 0 [R].
+    recalibrate: after training, match each output's mean prediction to its mean
+      label on training rows (keras_models.recalibration) [R].
     """
 
     embedding_dim: int = 16
@@ -66,6 +69,7 @@ class CommonHParams:
     ratio_clip: str = "upper"
     ema_decay: float = 0.9
     prior_bias: bool = True
+    recalibrate: bool = True
 
     @classmethod
     def from_dict(cls, values):
@@ -151,6 +155,8 @@ class MultiTaskModel(keras.Model):
             raise ValueError(f"objective must be one of {self.OBJECTIVES}, got {self.objective!r}")
         self.core_head = (make_core_head(tasks.core_head, tasks.target_transform)
                           if tasks.core_target else None)
+        self.recalibration = (RecalibrationLayer(tasks.steps, name="recalibration")
+                              if self.hparams.recalibrate else None)
         self.gradient_scope = self.hparams.resolved_gradient_scope
         self.gradient_handler = GradientHandler(self.hparams.gradient_config(),
                                                 num_tasks=len(tasks.label_names),
@@ -177,17 +183,60 @@ class MultiTaskModel(keras.Model):
 
     def _outputs(self, heads: Heads) -> dict:
         tasks = self.task_layout
+        heads = self._recalibrated(heads)
         outputs = {prob_key(step): safe_probability(heads.probs[step]) for step in tasks.steps}
         if heads.conditionals is not None:
             outputs.update({conditional_key(s): heads.conditionals[s] for s in tasks.steps})
         if tasks.core_target:
             outputs[raw_key(tasks.core_target)] = heads.core
-            outputs[pred_key(tasks.core_target)] = self.core_head.mean(
-                heads.core, outputs[prob_key(tasks.steps[-1])])
+            mean = self.core_head.mean(heads.core, outputs[prob_key(tasks.steps[-1])])
+            if self.recalibration is not None:
+                mean = mean * self.recalibration.core_scale
+            outputs[pred_key(tasks.core_target)] = mean
             outputs[SCORE_KEY] = outputs[pred_key(tasks.core_target)]
         else:
             outputs[SCORE_KEY] = outputs[prob_key(tasks.steps[-1])]
         return outputs
+
+    def _recalibrated(self, heads: Heads) -> Heads:
+        if self.recalibration is None:
+            return heads
+        if heads.conditionals is not None:
+            conditionals, probs = self.recalibration.shift_chain(heads.conditionals)
+            return Heads(probs, heads.core, conditionals)
+        return Heads(self.recalibration.shift_marginals(heads.probs), heads.core)
+
+    def recalibrate(self, features, labels, batch_size: int = 8192) -> Recalibration | None:
+        """Fits and keeps the mean recalibration (keras_models.recalibration) on rows
+        of the training split; returns the fitted values, or None when the model was
+        built with recalibrate off.
+
+        features: input name -> (n,) arrays; labels: label name -> (n,) arrays of
+        the same rows. The core target gets a scale only under a head that
+        predicts a mean (decomposition, ziln).
+        """
+        if self.recalibration is None:
+            return None
+        tasks = self.task_layout
+        self.recalibration.reset()
+        outputs = self.predict(features, batch_size=batch_size, verbose=0)
+        chained = conditional_key(tasks.steps[0]) in outputs
+        probs = [outputs[conditional_key(s)] if chained
+                 else (outputs[prob_key(s)] - PROBABILITY_EPSILON) / (1 - 2 * PROBABILITY_EPSILON)
+                 for s in tasks.steps]
+        core_mean = core_labels = None
+        if tasks.core_target and tasks.core_head != "regression":
+            raw = outputs[raw_key(tasks.core_target)]
+            core_labels = np.asarray(labels[tasks.core_target], np.float64).ravel()
+
+            def core_mean(last):
+                return np.asarray(self.core_head.mean(
+                    raw, safe_probability(np.asarray(last, "float32"))))
+
+        values = fit_recalibration(probs, [np.asarray(labels[s]).ravel() for s in tasks.steps],
+                                   chained, core_mean, core_labels)
+        self.recalibration.assign(values)
+        return values
 
     @property
     def shared_variables(self):

@@ -22,6 +22,7 @@ hyper-parameter) are made that way, so the eval split's numbers stay unbiased.
 from __future__ import annotations
 
 import argparse
+import json
 import datetime
 import glob
 import os
@@ -184,7 +185,8 @@ def oracle_outputs(truth: dict, chain) -> dict:
             for label, value in truth.items()}
 
 
-def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_size, truth=None):
+def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_size, truth=None,
+              hparams=None):
     import keras
     import tensorflow as tf
 
@@ -193,7 +195,8 @@ def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_siz
 
     keras.utils.set_random_seed(seed)
     labels = spec.label_columns
-    model = registry.build(name, input_layout_for(spec, tft_output), task_layout_for(spec))
+    model = registry.build(name, input_layout_for(spec, tft_output), task_layout_for(spec),
+                           hparams or {})
     model.adapt_to_labels({k: train[k] for k in labels})
     features = {k: v for k, v in train.items() if k not in labels}
     targets = {k: train[k] for k in labels}
@@ -203,6 +206,7 @@ def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_siz
     model.fit(data, epochs=epochs, verbose=0, shuffle=False,  # the Dataset is shuffled
               callbacks=model.training_callbacks())
     rate = epochs * len(train[labels[0]]) / (time.perf_counter() - start)
+    model.recalibrate(features, targets)
     eval_features = {k: v for k, v in evaluation.items() if k not in labels}
     outputs = model.predict(eval_features, batch_size=8192, verbose=0)
     scores = evaluate(outputs, {k: evaluation[k] for k in labels}, spec.chain, truth)
@@ -342,6 +346,8 @@ def main(argv=None) -> int:
     parser.add_argument("--validation-share", type=validation_share, default=0.0,
                         help="score on this share of the training split instead of the eval "
                              "split (for choosing defaults without touching the eval split)")
+    parser.add_argument("--hparams", help="hyper-parameters for every model, as `run --hparams` "
+                                          "takes them (those a model does not have are refused)")
     parser.add_argument("--data", help="Hillstrom CSV (default: $HILLSTROM_CSV)")
     parser.add_argument("--work-dir", default="pipelines/compare")
     parser.add_argument("--output", default="docs/results.md")
@@ -353,12 +359,17 @@ def main(argv=None) -> int:
     import tensorflow_transform as tft
 
     from keras_models import registry
+    from tfx_pipeline.cli import parse_hparams
     from tfx_pipeline.machine import cpu_description
     from tfx_pipeline.trainer import task_layout_for
     from transform import datasets
     from transform.datasets import synthetic
 
     models = args.models.split(",")
+    try:
+        hparams = parse_hparams(args.hparams)
+    except ValueError as error:
+        parser.error(str(error))
     sections = []
     for dataset in args.datasets.split(","):
         spec = datasets.spec_for(dataset)
@@ -398,7 +409,7 @@ def main(argv=None) -> int:
                     scores = run_trees(spec, tft_output, train, evaluation, seed, truth)
                 else:
                     scores = run_model(name, spec, tft_output, train, evaluation, seed,
-                                       args.epochs, args.batch_size, truth)
+                                       args.epochs, args.batch_size, truth, hparams)
                 runs[name].append(scores)
                 print(f"[{dataset}] {name} seed {seed}: {time.monotonic() - started:.0f} s",
                       file=sys.stderr, flush=True)
@@ -431,7 +442,8 @@ def main(argv=None) -> int:
         "# Model comparison", "",
         f"Written by `make compare` (`python -m tfx_pipeline.compare {' '.join(argv or sys.argv[1:])}`) "
         f"on {datetime.date.today().isoformat()}, CPU: {cpu_description()}. Every model uses its "
-        f"default hyper-parameters (docs/models.md), {args.epochs} epochs at batch "
+        f"default hyper-parameters (docs/models.md)"
+        f"{f', with {json.dumps(hparams)} for all' if hparams else ''}, {args.epochs} epochs at batch "
         f"{args.batch_size}, Adam; mean ± std over {args.seeds} seeds (weights and data order). "
         "Metrics on the scored rows (each section names them): AUC and log loss of each "
         "step's marginal on all rows; "
