@@ -144,3 +144,23 @@ def test_calibration_bins_skip_empty_groups_and_empty_histograms():
     np.testing.assert_allclose(predicted, [0.3])
     np.testing.assert_allclose(observed, [0.4])
     assert calibration_bins([0, 0], [0, 0], [0, 0])[0].size == 0
+
+
+def test_calibration_warnings_state_the_label_means_standard_error():
+    """Binary: sd = sqrt(0.01 * 0.99), n = 10,000 -> 0.0995 / (0.01 * 100) = 9.95 %.
+    Core: sd = sqrt(144) / 0.96 = 12.5, mean 0.5, n = 40,000 -> 12.5 / (0.5 * 200) = 12.5 %."""
+    overall = {
+        "buy_prob": {"auc": 0.7, "calibration": 0.85, "example_count": 10000.0,
+                     "mean_label": 0.01},
+        "amount_pred": {"calibration": 1.2, "example_count": 40000.0, "mean_label": 0.5,
+                        "mse": 144.0, "nrmse": 0.96},
+        "click_prob": {"auc": 0.7, "calibration": 1.0, "example_count": 100.0, "mean_label": 0.1},
+    }
+    assert results.label_mean_standard_error(overall["buy_prob"]) == pytest.approx(0.0995, rel=1e-3)
+    assert results.label_mean_standard_error(overall["amount_pred"]) == pytest.approx(0.125)
+    assert results.label_mean_standard_error({"calibration": 1.0}) is None
+    assert results.calibration_warnings(overall) == [
+        "amount_pred: calibration 1.200 outside 0.9-1.1 (over-predicts by 20%; the eval rows' "
+        "mean label alone has a standard error of 12%)",
+        "buy_prob: calibration 0.850 outside 0.9-1.1 (under-predicts by 15%; the eval rows' "
+        "mean label alone has a standard error of 10%)"]

@@ -105,6 +105,22 @@ def components_done(stderr):
             if "LatestBlessedModelResolver" not in l}
 
 
+def test_run_prints_what_the_true_values_score_on_its_eval_split(synthetic_run):
+    """The printed calibration of the generator's true values, recomputed from the eval
+    split's examples read with protobuf (not the run's parser)."""
+    root, _, first = synthetic_run
+    _, columns = eval_split(root / "pipeline")
+    frame = pd.DataFrame(columns)
+    truth = synthetic.true_expectations(frame, synthetic.FunnelConfig(rows=6000))
+    line = next(l for l in first.stdout.splitlines()
+                if l.startswith("the generator's true values on the same eval rows"))
+    for label, output in (("click", "click_prob"), ("conversion", "conversion_prob"),
+                          ("revenue", "revenue_pred")):
+        printed = float(line.split(f" {output} ")[1].split(",")[0].split(" ")[0])
+        expected = truth[label].sum() / frame[label].astype(float).sum()
+        assert printed == pytest.approx(expected, abs=6e-4), line
+
+
 def test_rerunning_an_unchanged_pipeline_pushes_nothing_new(synthetic_run):
     root, args, _ = synthetic_run
     second = cli(*args)

@@ -78,24 +78,21 @@ def load_raw_split(root: str, split: str, tft_output) -> tuple[dict, dict]:
     graph, in the same order: (raw column -> (rows,), transformed column -> (rows,)).
 
     The raw values let the synthetic generator say what is true for each row."""
-    import tensorflow as tf
-
+    from tfx_pipeline.oracle import numpy_column, parsed_batches
     from tfx_pipeline.serving_warmup import read_split_records
 
     records = read_split_records(latest(f"{root}/ImportExampleGen/examples/*"), split)
     raw_spec = tft_output.raw_feature_spec()
     raw: dict[str, list] = {name: [] for name in raw_spec}
     transformed: dict[str, list] = {}
-    for start in range(0, len(records), 8192):
-        parsed = tf.io.parse_example(tf.constant(records[start:start + 8192]), raw_spec)
+    for parsed in parsed_batches(records, raw_spec):
         for name, value in parsed.items():
-            raw[name].append(tf.reshape(value, [-1]).numpy())
+            raw[name].append(value)
         for name, value in tft_output.transform_raw_features(parsed,
                                                              drop_unused_features=True).items():
-            transformed.setdefault(name, []).append(tf.reshape(value, [-1]).numpy())
-    decode = lambda a: np.char.decode(a.astype(bytes)) if a.dtype == object else a
-    return ({k: decode(np.concatenate(v)) for k, v in raw.items()},
-            {k: np.concatenate(v) for k, v in transformed.items()})
+            transformed.setdefault(name, []).append(value)
+    return ({k: numpy_column(v) for k, v in raw.items()},
+            {k: numpy_column(v) for k, v in transformed.items()})
 
 
 def carve_validation(columns: dict, share: float, seed: int = 0) -> tuple[dict, dict]:

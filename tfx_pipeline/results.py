@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from ml_metadata.metadata_store import metadata_store
@@ -170,9 +171,29 @@ def calibration_warnings(overall: dict[str, dict[str, float]],
             lines.append(f"{output}: calibration undefined (no positive label)")
         elif not low <= value <= high:
             direction = "over" if value > high else "under"
+            error = label_mean_standard_error(metrics)
+            noise = (f"; the eval rows' mean label alone has a standard error of {error:.0%}"
+                     if error is not None else "")
             lines.append(f"{output}: calibration {value:.3f} outside {low:g}-{high:g} "
-                         f"({direction}-predicts by {abs(value - 1):.0%})")
+                         f"({direction}-predicts by {abs(value - 1):.0%}{noise})")
     return lines
+
+
+def label_mean_standard_error(metrics: dict[str, float]) -> float | None:
+    """Relative standard error of the mean label over the evaluated rows, the part of
+    a calibration's spread that no model removes: sd(y) / (mean(y) sqrt(n)), with
+    sd(y) = sqrt(mse) / nrmse for the core target and sqrt(p (1 - p)) for a step.
+    None when the metrics to compute it are missing or the mean label is 0."""
+    count, mean = metrics.get("example_count"), metrics.get("mean_label")
+    if not count or not mean or mean != mean:
+        return None
+    if "mse" in metrics and metrics.get("nrmse"):
+        deviation = math.sqrt(metrics["mse"]) / metrics["nrmse"]
+    elif 0 < mean < 1 and "auc" in metrics:
+        deviation = math.sqrt(mean * (1 - mean))
+    else:
+        return None
+    return deviation / (mean * math.sqrt(count))
 
 
 def overall_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:

@@ -30,8 +30,8 @@ from transform.spec import DatasetSpec
 KERAS_MODEL_FILE = "model.keras"
 _LABEL_SAMPLE_BATCHES = 50  # the core head's scales and the output priors
 # Training rows the mean recalibration is fitted on (keras_models.recalibration):
-# at 200k rows a 1 % step has 2,000 positives, a few % standard error on its mean.
-RECALIBRATION_ROWS = 200_000
+# every training row up to 1M (at 1 % a step then has up to 10,000 positives).
+RECALIBRATION_ROWS = 1_000_000
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
