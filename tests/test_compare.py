@@ -4,26 +4,40 @@ import numpy as np
 import pytest
 
 from keras_models.layout import pred_key, prob_key
-from tfx_pipeline.compare import carve_validation, evaluate
+from tfx_pipeline.compare import carve_validation, evaluate, row_keys
 from transform import datasets
 
 
 def test_carve_validation_partitions_rows_the_same_way_for_every_column():
     rows = np.arange(50)
     columns = {"id": rows, "twice": rows * 2.0}
-    fit, validation = carve_validation(columns, 0.2)
+    keys = row_keys({"id": rows})
+    fit, validation = carve_validation(columns, 0.2, keys)
     assert len(validation["id"]) == 10 and len(fit["id"]) == 40
     assert sorted(np.concatenate([fit["id"], validation["id"]])) == list(rows)
     np.testing.assert_array_equal(validation["twice"], validation["id"] * 2.0)
     # A second call (another model, another seed) gets the same parts.
-    again, _ = carve_validation({"id": rows}, 0.2)
+    again, _ = carve_validation({"id": rows}, 0.2, keys)
     np.testing.assert_array_equal(again["id"], fit["id"])
+
+
+def test_carve_validation_holds_out_the_same_rows_in_any_row_order():
+    """ExampleGen writes its rows in a different order each run: the held-out rows
+    must be the same rows all the same."""
+    rng = np.random.default_rng(0)
+    raw = {"user": rng.integers(0, 9, 300).astype(str), "price": rng.random(300)}
+    order = rng.permutation(300)
+    shuffled = {k: v[order] for k, v in raw.items()}
+    held = [carve_validation(r, 0.25, row_keys(r))[1] for r in (raw, shuffled)]
+    assert sorted(zip(held[0]["user"], held[0]["price"])) == sorted(zip(held[1]["user"],
+                                                                        held[1]["price"]))
+    assert len(held[0]["price"]) == 75
 
 
 @pytest.mark.parametrize("share", [0.0, 1.0, -0.1])
 def test_carve_validation_refuses_a_share_outside_the_open_unit_interval(share):
     with pytest.raises(ValueError, match="validation share"):
-        carve_validation({"id": np.arange(4)}, share)
+        carve_validation({"id": np.arange(4)}, share, np.arange(4))
 
 
 @pytest.mark.parametrize("text", ["1", "1.5", "-0.2", "half"])

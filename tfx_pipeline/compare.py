@@ -95,23 +95,36 @@ def load_raw_split(root: str, split: str, tft_output) -> tuple[dict, dict]:
             {k: numpy_column(v) for k, v in transformed.items()})
 
 
-def carve_validation(columns: dict, share: float, seed: int = 0) -> tuple[dict, dict]:
-    """Splits rows into (fit, validation) by one fixed random permutation.
+def carve_validation(columns: dict, share: float, keys: np.ndarray) -> tuple[dict, dict]:
+    """Splits rows into (fit, validation) by their content, not their position.
+
+    ExampleGen's output order changes from run to run (Beam writes shards in any
+    order), so a split by position would score two runs on different rows. Rows
+    are ranked by `keys` (a hash of each row's raw values, see row_keys) and the
+    first share of that ranking is the validation part, in every run.
 
     Args:
       columns: column -> (rows,) array, every column the same length.
       share: fraction of rows in the validation part, in (0, 1).
-      seed: the permutation's seed; fixed so every model and seed sees the same parts.
+      keys: (rows,) one key per row, the same for the same row in any order.
     Returns:
-      Two dicts of the same columns, (rows - v,) and (v,) with v = round(share * rows).
+      Two dicts of the same columns, (rows - v,) and (v,) with v = round(share * rows),
+      each in the input's row order.
     """
     if not 0 < share < 1:
         raise ValueError(f"validation share must be in (0, 1), got {share}")
-    rows = len(next(iter(columns.values())))
-    order = np.random.default_rng(seed).permutation(rows)
-    held = int(round(share * rows))
+    order = np.argsort(np.asarray(keys), kind="stable")
+    held = int(round(share * len(order)))
     validation, fit = np.sort(order[:held]), np.sort(order[held:])
     return ({k: v[fit] for k, v in columns.items()}, {k: v[validation] for k, v in columns.items()})
+
+
+def row_keys(raw: dict) -> np.ndarray:
+    """(rows,) uint64: a hash of each row's raw values (pandas' stable row hash)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({name: raw[name] for name in sorted(raw)})
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
 
 
 def validation_share(text: str) -> float:
@@ -380,8 +393,9 @@ def main(argv=None) -> int:
         tft_output = tft.TFTransformOutput(latest(f"{root}/Transform/transform_graph/*"))
         if args.validation_share:
             raw_train, train = load_raw_split(root, "train", tft_output)
-            train, evaluation = carve_validation(train, args.validation_share)
-            _, raw_eval = carve_validation(raw_train, args.validation_share)
+            keys = row_keys(raw_train)
+            train, evaluation = carve_validation(train, args.validation_share, keys)
+            _, raw_eval = carve_validation(raw_train, args.validation_share, keys)
         else:
             train = load_split(root, "train", tft_output)
             raw_eval, evaluation = load_raw_split(root, "eval", tft_output)
