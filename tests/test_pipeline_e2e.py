@@ -119,6 +119,8 @@ def test_run_prints_what_the_true_values_score_on_its_eval_split(synthetic_run):
         printed = float(line.split(f" {output} ")[1].split(",")[0].split(" ")[0])
         expected = truth[label].sum() / frame[label].astype(float).sum()
         assert printed == pytest.approx(expected, abs=6e-4), line
+    # The Trainer recalibrated on one pass over every training row.
+    assert f"recalibrated on {6000 - len(frame):,} training rows" in first.stdout + first.stderr
 
 
 def test_rerunning_an_unchanged_pipeline_pushes_nothing_new(synthetic_run):
