@@ -53,8 +53,8 @@ class CommonHParams:
       auto        embeddings for the htlnet rule, shared for pcgrad and metabalance
 
     prior_bias: start each output layer's bias at the training labels' prior
-      (see MultiTaskModel.adapt_to_labels) instead of 0 [R]; off by default, as it
-      ranked worse on the synthetic data (docs/models.md, "Output levels").
+      (see MultiTaskModel.adapt_to_labels) instead of 0 [R]; measured in
+      docs/models.md, "Output levels".
     recalibrate: after training, match each output's mean prediction to its mean
       label on training rows (keras_models.recalibration) [R].
     """
@@ -69,7 +69,7 @@ class CommonHParams:
     norm_timing: str = "after_projection"
     ratio_clip: str = "upper"
     ema_decay: float = 0.9
-    prior_bias: bool = False
+    prior_bias: bool = True
     recalibrate: bool = True
 
     @classmethod
@@ -454,8 +454,8 @@ class MultiTaskModel(keras.Model):
         output layer's starting bias: the logit of the step's training rate
         (conditional on the previous step for chained models), and for the core
         head its own prior (core_heads). A zero bias starts a rare step (1 %
-        converts) at P = 0.5; the prior start avoids that, but measured it ranked
-        slightly worse, and the levels are set after training by `recalibrate`.
+        converts) at P = 0.5 and spends the first updates walking the level down;
+        the levels themselves are set after training by `recalibrate`.
         labels: label name -> (n,) training labels of the same n rows.
         """
         tasks = self.task_layout

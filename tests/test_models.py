@@ -136,7 +136,7 @@ def test_step_rates_by_hand():
 def test_output_biases_start_at_the_training_prior(name, conditional):
     """A zero-input tower would predict each step's training rate: the step heads'
     biases are its logit (of the conditional rate for chained models)."""
-    model = registry.build(name, INPUTS, TASKS, {"embedding_dim": 4, "prior_bias": True})
+    model = registry.build(name, INPUTS, TASKS, {"embedding_dim": 4})  # the default: on
     features, labels = batch(400)
     model.adapt_to_labels(labels)
     click, buy = labels["click"], labels["buy"]
@@ -144,7 +144,7 @@ def test_output_biases_start_at_the_training_prior(name, conditional):
     for head, rate in zip(model.heads[:2], rates):
         assert float(head.bias.numpy()[0]) == pytest.approx(np.log(rate / (1 - rate)), rel=1e-5)
     np.testing.assert_array_equal(model.heads[2].bias.numpy(), 0.0)  # decomposition: z = 0
-    untouched = registry.build(name, INPUTS, TASKS, {"embedding_dim": 4})  # the default: off
+    untouched = registry.build(name, INPUTS, TASKS, {"embedding_dim": 4, "prior_bias": False})
     untouched.adapt_to_labels(labels)
     for head in untouched.heads:
         np.testing.assert_array_equal(head.bias.numpy(), 0.0)
