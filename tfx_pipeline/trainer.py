@@ -98,7 +98,7 @@ def make_dataset(file_pattern, data_accessor, tft_output, spec: DatasetSpec, bat
 
 def first_rows(dataset, limit: int) -> tuple[dict, dict]:
     """Up to `limit` rows of a finite (features, labels) dataset as two dicts of
-    (rows,) NumPy arrays."""
+    NumPy arrays, each with the dataset's shape but `rows` on the batch axis."""
     features, labels, rows = [], [], 0
     for batch_features, batch_labels in dataset:
         features.append(batch_features)
@@ -108,7 +108,7 @@ def first_rows(dataset, limit: int) -> tuple[dict, dict]:
             break
 
     def joined(batches):
-        return {name: np.concatenate([np.reshape(b[name], -1) for b in batches])[:limit]
+        return {name: np.concatenate([np.asarray(b[name]) for b in batches])[:limit]
                 for name in batches[0]}
 
     return joined(features), joined(labels)
