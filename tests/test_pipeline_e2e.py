@@ -294,11 +294,12 @@ def test_degraded_candidate_is_refused_and_not_pushed(synthetic_run):
     assert "] Trainer done in" in result.stderr and "] Evaluator done in" in result.stderr
 
 
-def eval_split(pipeline_root):
-    """The eval split the Evaluator read: serialized examples and their parsed columns."""
+def eval_split(pipeline_root, split="eval"):
+    """The eval split the Evaluator read (or another split): serialized examples and
+    their parsed columns."""
     from tfx_pipeline.serving_warmup import read_split_records
 
-    serialized = read_split_records(latest(f"{pipeline_root}/ImportExampleGen/examples/*"), "eval")
+    serialized = read_split_records(latest(f"{pipeline_root}/ImportExampleGen/examples/*"), split)
     columns = {}
     for record in serialized:
         example = tf.train.Example.FromString(record)
@@ -440,9 +441,14 @@ def overall_candidate_metrics(pipeline_root):
 
 
 def test_heavy_tailed_target_and_saturated_step(tmp_path):
-    """Issue 15's case on generated data: no metric is NaN, the default core head is
-    calibrated within the gate's band, and a mis-scaled candidate (the log1p regression
-    head, which estimates a typical value far below the mean) is refused."""
+    """Issue 15's case on generated data: no metric is NaN, the default core head
+    predicts the training rows' mean value, and a mis-scaled candidate (the log1p
+    regression head, which estimates a typical value far below the mean) is refused.
+
+    With sigma 2 and about 240 converted eval rows, the eval rows' mean value has a
+    standard error near 40 %, so the candidate's calibration on them says little
+    (the run states that error); the level is checked against the training split,
+    which the model was recalibrated on."""
     data, specs, frame = write_heavy_tailed(tmp_path)
     assert 0.02 < (frame["value"] > 0).mean() < 0.08
     root = tmp_path / "pipeline"
@@ -456,13 +462,15 @@ def test_heavy_tailed_target_and_saturated_step(tmp_path):
             assert np.isfinite(value), (output, name, first.stdout)
     assert metrics["qualified_prob"]["auc"] > 0.99          # the saturated step
     assert metrics["qualified_prob"]["log_loss"] < 0.05
-    calibration = metrics["value_pred"]["calibration"]
-    assert 0.8 <= calibration <= 1.25, first.stdout
+    _, train = eval_split(root, "train")
+    train_mean = np.mean(train["value"].astype(float))
+    assert 0.9 <= metrics["value_pred"]["mean_prediction"] / train_mean <= 1.1, first.stdout
     # With sigma 2 the row-level noise dwarfs what the features explain: NRMSE sits at
-    # 1.000 +- a few 1e-4 for a calibrated model, so the NRMSE gate may refuse this run
-    # (docs/evaluation.md); the calibration gate must not be among the reasons.
-    assert not any(line.startswith("  - value_pred calibration")
-                   for line in first.stdout.splitlines()), first.stdout
+    # 1.000 +- a few 1e-4 for a calibrated model, and the eval rows' realised mean is
+    # noise (docs/evaluation.md): the run says how much whenever it warns.
+    for line in first.stdout.splitlines():
+        if line.startswith("warning: value_pred: calibration"):
+            assert "the eval rows' mean label alone has a standard error of" in line
     pushed = glob.glob(str(tmp_path / "serving" / "shared_bottom" / "*" / "saved_model.pb"))
     # A candidate off by a large factor: refused on the calibration gate, nothing pushed.
     second = cli(*common, "--spec", str(specs["regression"]), "--max-auc-drop", "1",
