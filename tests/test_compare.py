@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_models.layout import pred_key, prob_key
-from tfx_pipeline.compare import carve_validation, evaluate, row_keys
+from tfx_pipeline.compare import carve_validation, evaluate, row_keys, shown_arguments
 from transform import datasets
 
 
@@ -108,3 +108,11 @@ def test_quality_goals_name_every_model_and_column_short_of_them():
     assert with_truth[1] == ("- Core calibration within 0.9–1.1 for every model: **not met** "
                              "(trees 0.860). The true values read 0.841 on the same rows: the "
                              "distance of that from 1 is the split's own noise.")
+
+
+def test_the_results_header_shows_no_local_paths():
+    argv = ["--seeds", "3", "--data", "/home/me/data/hillstrom.csv.gz",
+            "--work-dir=/scratch/cmp/", "--output", "docs/results.md"]
+    assert shown_arguments(argv) == ["--seeds", "3", "--data", "hillstrom.csv.gz",
+                                     "--work-dir=cmp", "--output", "docs/results.md"]
+    assert shown_arguments(["--output", "/scratch/out.md"]) == ["--output", "out.md"]

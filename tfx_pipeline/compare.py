@@ -127,6 +127,29 @@ def row_keys(raw: dict) -> np.ndarray:
     return pd.util.hash_pandas_object(frame, index=False).to_numpy()
 
 
+_PATH_OPTIONS = ("--data", "--work-dir", "--output")
+
+
+def shown_arguments(argv: list[str]) -> list[str]:
+    """The command line as the results file shows it: an absolute path given to
+    --data, --work-dir or --output cut to its base name (relative ones stay), so a
+    committed file carries no path of the machine that wrote it."""
+    def shown(path):
+        return os.path.basename(path.rstrip("/")) if os.path.isabs(path) else path
+
+    result, path_next = [], False
+    for argument in argv:
+        option, equals, value = argument.partition("=")
+        if path_next:
+            result.append(shown(argument))
+        elif equals and option in _PATH_OPTIONS:
+            result.append(f"{option}={shown(value)}")
+        else:
+            result.append(argument)
+        path_next = argument in _PATH_OPTIONS
+    return result
+
+
 def validation_share(text: str) -> float:
     """argparse type of --validation-share: 0 (score on the eval split) or a share in (0, 1)."""
     try:
@@ -459,7 +482,8 @@ def main(argv=None) -> int:
             sections += format_table([m for m in order if m != "oracle"], runs, distance) + [""]
     header = [
         "# Model comparison", "",
-        f"Written by `make compare` (`python -m tfx_pipeline.compare {' '.join(argv or sys.argv[1:])}`) "
+        f"Written by `make compare` (`python -m tfx_pipeline.compare "
+        f"{' '.join(shown_arguments(argv or sys.argv[1:]))}`) "
         f"on {datetime.date.today().isoformat()}, CPU: {cpu_description()}. Every model uses its "
         f"default hyper-parameters (docs/models.md)"
         f"{f', with {json.dumps(hparams)} for all' if hparams else ''}, {args.epochs} epochs at batch "
