@@ -290,9 +290,6 @@ class APEM(MultiTaskModel):
         """P (B, F, d) and the last SE gates (B, F), from raw model inputs."""
         return self.transformer(self.embedding(inputs), return_gates=True)
 
-    def step_logits_are_conditional(self) -> bool:
-        return self.objective != "constrained"
-
     def compute_heads(self, fields, training=False) -> Heads:
         patterns = self.transformer(fields)
         selections = self.selector(patterns)

@@ -119,13 +119,19 @@ def chained_heads(task_layout: TaskLayout, outputs) -> Heads:
     """As marginal_heads, but the step logits give conditional rates c_t = sigmoid(z_t)
     and the marginals on the impression space are m_t = c_1 * ... * c_t."""
     steps = task_layout.steps
-    conditionals, marginals, running = {}, {}, None
-    for step, logit in zip(steps, outputs):
-        conditionals[step] = ops.sigmoid(ops.squeeze(logit, -1))
+    conditionals = {step: ops.sigmoid(ops.squeeze(logit, -1))
+                    for step, logit in zip(steps, outputs)}
+    return Heads(chain_marginals(steps, conditionals),
+                 outputs[len(steps)] if task_layout.core_target else None, conditionals)
+
+
+def chain_marginals(steps, conditionals: Mapping[str, object]) -> dict:
+    """step -> (B,) marginal m_t = c_1 * ... * c_t from the conditionals c (B,) each."""
+    marginals, running = {}, None
+    for step in steps:
         running = conditionals[step] if running is None else running * conditionals[step]
         marginals[step] = running
-    return Heads(marginals, outputs[len(steps)] if task_layout.core_target else None,
-                 conditionals)
+    return marginals
 
 
 def safe_probability(p):
@@ -203,9 +209,10 @@ class MultiTaskModel(keras.Model):
         if self.recalibration is None:
             return heads
         if heads.conditionals is not None:
-            conditionals, probs = self.recalibration.shift_chain(heads.conditionals)
-            return Heads(probs, heads.core, conditionals)
-        return Heads(self.recalibration.shift_marginals(heads.probs), heads.core)
+            conditionals = self.recalibration.shift(heads.conditionals)
+            return Heads(chain_marginals(self.task_layout.steps, conditionals), heads.core,
+                         conditionals)
+        return Heads(self.recalibration.shift(heads.probs), heads.core)
 
     def recalibrate(self, features, labels, batch_size: int = 8192) -> Recalibration | None:
         """Fits and keeps the mean recalibration (keras_models.recalibration) on rows
@@ -434,9 +441,13 @@ class MultiTaskModel(keras.Model):
         layout fixes all shapes, so `input_shape` is not needed.
         """
         self.built = True  # set first: the dummy call below must not re-enter build
+        self(self._dummy_batch(), training=False)
+
+    def _dummy_batch(self) -> dict:
+        """Two rows of zeros in every input, the shapes the input layout fixes."""
         dummy = {name: np.zeros((2,), "int64") for name in self.input_layout.categorical}
         dummy.update({name: np.zeros((2,), "float32") for name in self.input_layout.numeric})
-        self(dummy, training=False)
+        return dummy
 
     def training_callbacks(self) -> list:
         """Callbacks the model needs during fit (for example a temperature schedule)."""
@@ -444,8 +455,10 @@ class MultiTaskModel(keras.Model):
 
     def step_logits_are_conditional(self) -> bool:
         """Whether the step output layers give logits of P(step | previous step)
-        (chained_heads) rather than of the marginals (marginal_heads)."""
-        return False
+        (chained_heads) rather than of the marginals (marginal_heads): read from the
+        outputs of a forward pass, which hold the conditionals only in the first case."""
+        outputs = self(self._dummy_batch(), training=False)
+        return conditional_key(self.task_layout.steps[0]) in outputs
 
     def adapt_to_labels(self, labels: Mapping[str, object]) -> None:
         """Reads what the model fixes from training labels before `fit`.
@@ -558,5 +571,5 @@ def hparams_from_dict(cls, values: Mapping):
     return cls(**converted)
 
 
-__all__ = ["CommonHParams", "Heads", "MultiTaskModel", "chained_heads", "hparams_from_dict",
-           "marginal_heads", "safe_probability", "step_rates", "PACKAGE"]
+__all__ = ["CommonHParams", "Heads", "MultiTaskModel", "chain_marginals", "chained_heads",
+           "hparams_from_dict", "marginal_heads", "safe_probability", "step_rates", "PACKAGE"]

@@ -35,9 +35,6 @@ class ESMM(MultiTaskModel):
                        for l in labels]
         self.heads = self.output_layers()
 
-    def step_logits_are_conditional(self) -> bool:
-        return True
-
     def compute_heads(self, fields, training=False) -> Heads:
         e = ops.reshape(fields, (-1, fields.shape[1] * fields.shape[2]))
         logits = [head(tower(e, training=training))

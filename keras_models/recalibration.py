@@ -118,20 +118,11 @@ class RecalibrationLayer(keras.layers.Layer):
         return Recalibration(tuple(float(b) for b in np.log(self.exp_shifts.numpy())),
                              float(self.core_scale.numpy()))
 
-    def shift_marginals(self, probs: Mapping[str, object]) -> dict:
-        """step -> (B,) marginals, each moved by its step's shift."""
+    def shift(self, probs: Mapping[str, object]) -> dict:
+        """step -> (B,) probabilities (marginals, or a chain's conditionals), each
+        moved by its step's shift."""
         return {step: shift_probability(probs[step], self.exp_shifts[i])
                 for i, step in enumerate(self.steps)}
-
-    def shift_chain(self, conditionals: Mapping[str, object]) -> tuple[dict, dict]:
-        """step -> (B,) conditionals, each moved by its shift, and the marginals their
-        running products give."""
-        shifted, marginals, running = {}, {}, None
-        for i, step in enumerate(self.steps):
-            shifted[step] = shift_probability(conditionals[step], self.exp_shifts[i])
-            running = shifted[step] if running is None else running * shifted[step]
-            marginals[step] = running
-        return shifted, marginals
 
     def get_config(self):
         return {**super().get_config(), "steps": list(self.steps)}
