@@ -51,6 +51,20 @@ def test_a_bad_validation_share_is_a_one_line_usage_error(text, capsys):
     assert error.startswith("python -m tfx_pipeline.compare: error: argument --validation-share:")
 
 
+@pytest.mark.parametrize("argv, reason", [
+    (["--hparams", '{"depth": 3}'], "unknown hyper-parameter(s) ['depth']"),
+    (["--models", "shared_bottom,deep", "--hparams", "{}"], "unknown model 'deep'")])
+def test_bad_models_or_hparams_stop_compare_before_any_work(argv, reason, capsys, tmp_path):
+    from tfx_pipeline.compare import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv + ["--work-dir", str(tmp_path / "work")])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m tfx_pipeline.compare: error: ") and reason in error
+    assert not (tmp_path / "work").exists()
+
+
 def test_evaluate_scores_conditionals_and_core_calibration_by_hand():
     chain = datasets.spec_for("synthetic").chain
     labels = {"click": np.array([1, 1, 0, 0]), "conversion": np.array([1, 0, 0, 0]),

@@ -262,12 +262,11 @@ def command_run(args) -> int:
             print(f"eval {output}: {shown}")
         for line in results.calibration_warnings(overall):
             print(f"warning: {line}")
-        if args.dataset == "synthetic":
+        if source.generator is not None:
             from tfx_pipeline import oracle
-            from transform.datasets.synthetic import FunnelConfig
 
-            config = FunnelConfig(rows=args.rows or FunnelConfig.rows, seed=args.seed)
-            print(oracle.truth_line(oracle.truth_calibration(pipeline_root, config)))
+            print("scoring the generator's true values on the eval rows ...", file=sys.stderr)
+            print(oracle.truth_line(oracle.truth_calibration(pipeline_root, source.generator)))
     if outcome.blessed and outcome.already_serving:
         print(f"blessed; already serving as {outcome.pushed_destination} (not pushed again)")
     elif outcome.blessed:

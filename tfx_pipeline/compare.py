@@ -22,9 +22,9 @@ hyper-parameter) are made that way, so the eval split's numbers stay unbiased.
 from __future__ import annotations
 
 import argparse
-import json
 import datetime
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -210,14 +210,6 @@ def evaluate(outputs: dict, labels: dict, chain, truth: dict | None = None) -> d
     return results
 
 
-def oracle_outputs(truth: dict, chain) -> dict:
-    """The true expectations in the models' output layout."""
-    from keras_models.layout import pred_key, prob_key
-
-    return {pred_key(label) if label == chain.core_target else prob_key(label): value
-            for label, value in truth.items()}
-
-
 def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_size, truth=None,
               hparams=None):
     import keras
@@ -230,9 +222,9 @@ def run_model(name, spec, tft_output, train, evaluation, seed, epochs, batch_siz
     labels = spec.label_columns
     model = registry.build(name, input_layout_for(spec, tft_output), task_layout_for(spec),
                            hparams or {})
-    model.adapt_to_labels({k: train[k] for k in labels})
     features = {k: v for k, v in train.items() if k not in labels}
     targets = {k: train[k] for k in labels}
+    model.adapt_to_labels(targets)
     data = (tf.data.Dataset.from_tensor_slices((features, targets))
             .shuffle(len(train[labels[0]]), seed=seed).batch(batch_size).prefetch(2))
     start = time.perf_counter()
@@ -399,6 +391,7 @@ def main(argv=None) -> int:
     import tensorflow_transform as tft
 
     from keras_models import registry
+    from tfx_pipeline import oracle
     from tfx_pipeline.cli import parse_hparams
     from tfx_pipeline.machine import cpu_description
     from tfx_pipeline.trainer import task_layout_for
@@ -406,8 +399,10 @@ def main(argv=None) -> int:
     from transform.datasets import synthetic
 
     models = args.models.split(",")
-    try:
+    try:   # refused before any pipeline work, not at the first model
         hparams = parse_hparams(args.hparams)
+        for name in (m for m in models if m != "trees"):
+            registry.model_class(name).hparams_class.from_dict(hparams)
     except ValueError as error:
         parser.error(str(error))
     sections = []
@@ -436,7 +431,8 @@ def main(argv=None) -> int:
         labels = {k: evaluation[k] for k in spec.label_columns}
         runs = {}
         if truth is not None:
-            runs["oracle"] = [evaluate(oracle_outputs(truth, spec.chain), labels, spec.chain, truth)]
+            runs["oracle"] = [evaluate(oracle.oracle_outputs(truth, spec.chain), labels,
+                                       spec.chain, truth)]
         for name in models:
             if name != "trees":
                 try:

@@ -49,17 +49,24 @@ def truth_calibration(pipeline_root: str, config) -> dict[str, float]:
     import pandas as pd
     import tensorflow_transform as tft
 
-    from keras_models.layout import pred_key, prob_key
     from tfx_pipeline.compare import latest
     from transform.datasets import synthetic
 
     tft_output = tft.TFTransformOutput(latest(f"{pipeline_root}/Transform/transform_graph/*"))
     rows = read_raw_split(pipeline_root, "eval", tft_output.raw_feature_spec())
     truth = synthetic.true_expectations(pd.DataFrame(rows), config)
-    chain = synthetic.SPEC.chain
-    return {(pred_key(label) if label == chain.core_target else prob_key(label)):
-            float(truth[label].sum() / rows[label].sum()) if rows[label].sum() > 0 else float("nan")
-            for label in truth}
+    outputs = oracle_outputs(truth, synthetic.SPEC.chain)
+    return {output: float(values.sum() / rows[label].sum()) if rows[label].sum() > 0
+            else float("nan") for label, (output, values) in zip(truth, outputs.items())}
+
+
+def oracle_outputs(truth: dict, chain) -> dict:
+    """The true expectations (label -> (rows,)) in the models' output layout
+    (output name -> (rows,)), in the same order."""
+    from keras_models.layout import pred_key, prob_key
+
+    return {pred_key(label) if label == chain.core_target else prob_key(label): value
+            for label, value in truth.items()}
 
 
 def truth_line(calibrations: dict[str, float]) -> str:

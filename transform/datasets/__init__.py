@@ -23,6 +23,9 @@ class DatasetSource:
     spec: spec_lib.DatasetSpec
     csv_path: str
     rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The synthetic generator's FunnelConfig when the rows were generated (it knows
+    # each row's true expectations); None for recorded data.
+    generator: object = None
 
 
 def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | None = None,
@@ -40,7 +43,8 @@ def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | 
             os.makedirs(work_dir, exist_ok=True)
             synthetic.write_csv(path + ".partial", config)
             os.replace(path + ".partial", path)
-        return DatasetSource(_with_spec_override(synthetic.SPEC, spec_path), path)
+        return DatasetSource(_with_spec_override(synthetic.SPEC, spec_path), path,
+                             generator=config)
     if name == "hillstrom":
         return DatasetSource(_with_spec_override(hillstrom.SPEC, spec_path),
                              hillstrom.resolve_path(data), hillstrom.RENAME)
