@@ -8,7 +8,8 @@ DEMO_SERVING ?= serving_models
 # recalibrated on the training rows and scored on the eval rows, so its
 # calibration moves with both: sd 14.6 * sqrt(1/eval + 1/train) = 5.1 % here, and
 # a calibrated model reads 0.9-1.1 with 95 % probability (62 % at 100k rows, where
-# 0.70-0.95 came out). The pipeline takes about 2 minutes at this size (README).
+# 0.70-0.95 came out; benchmarks/revenue_noise.py measures all of this). The
+# pipeline takes about 2 minutes at this size (README).
 DEMO_ROWS ?= 500000
 
 HILLSTROM_CSV ?= ../shared/datasets/hillstrom/hillstrom.csv.gz
