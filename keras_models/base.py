@@ -219,8 +219,8 @@ class MultiTaskModel(keras.Model):
         of the training split; returns the fitted values, or None when the model was
         built with recalibrate off.
 
-        features: input name -> (n,) arrays; labels: label name -> (n,) arrays of
-        the same rows. The core target gets a scale only under a head that
+        features: input name -> (n, ...) arrays as the model takes them; labels:
+        label name -> (n,) or (n, 1) arrays of the same rows. The core target gets a scale only under a head that
         predicts a mean (decomposition, ziln).
         """
         if self.recalibration is None:
