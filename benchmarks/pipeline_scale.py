@@ -3,7 +3,7 @@
 For each size in --rows, the whole pipeline runs on the synthetic funnel through
 the real CLI (`python -m tfx_pipeline run`, LocalDagRunner, Beam's DirectRunner
 as `run` chooses it or as --beam-args say) in a child process. For each size in
---transform-rows, only ImportExampleGen -> ImportSchemaGen -> Transform runs, in one process
+--transform-rows, only ImportExamples -> ImportSchemaGen -> Transform runs, in one process
 (the schema is the one SchemaGen inferred in the largest full run). Stages:
 start-up (Python, TensorFlow imports) with generating the CSV, checking and
 converting it (ingest), then each component.
@@ -137,13 +137,13 @@ def transform_run(rows: int, work_dir: str, schema: str) -> list[dict]:
 
 
 def transform_child(rows: int, work_dir: str, schema: str) -> None:
-    """In the child: the CSV, the ingest, then ImportExampleGen -> ImportSchemaGen -> Transform."""
+    """In the child: the CSV, the ingest, then ImportExamples -> ImportSchemaGen -> Transform."""
     from tfx import v1 as tfx
 
     from tfx_pipeline import progress
-    from tfx_pipeline.pipeline import PREPROCESSING_FN, split_config
+    from tfx_pipeline.pipeline import PREPROCESSING_FN, import_examples
     from transform import datasets
-    from transform.ingest import ingest_csv
+    from transform.ingest import ingest_csv, require_every_split
 
     root = os.path.join(work_dir, f"transform-{rows}")
     source = datasets.resolve("synthetic", os.path.join(root, "source"), rows=rows)
@@ -151,16 +151,15 @@ def transform_child(rows: int, work_dir: str, schema: str) -> None:
     ingested = ingest_csv(source.csv_path, source.spec, os.path.join(root, "ingested"),
                           log=lambda line: print(line, file=sys.stderr))
     print(f"{ingested.rows_written} rows passed the checks", file=sys.stderr, flush=True)
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=os.path.join(ingested.examples_dir, "examples"),
-        output_config=split_config(source.spec))
+    require_every_split(ingested, source.spec)
+    importer = import_examples(ingested.examples_uri)
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema)
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        examples=importer.outputs["result"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config={"spec": source.spec.to_json()})
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="funnel-transform-scale", pipeline_root=root,
-        components=[example_gen, schema_gen, transform], enable_cache=False,
+        components=[importer, schema_gen, transform], enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(root, "metadata.sqlite")))
     progress.attach(total=3)

@@ -88,9 +88,11 @@ def export_models(root: str, models: list[str], out: str, xla: bool = True) -> N
 
 
 def eval_examples(root: str, count: int) -> list[bytes]:
+    from tfx_pipeline.results import imported_examples_uri
     from tfx_pipeline.serving_warmup import read_split_records
 
-    return read_split_records(latest(f"{root}/ImportExampleGen/examples/*"), "eval", count)
+    return read_split_records(imported_examples_uri(os.path.join(root, "metadata.sqlite")),
+                              "eval", count)
 
 
 def summarise(seconds: list[float], batch: int) -> dict:

@@ -62,13 +62,30 @@ def test_runtime_parameters_feed_the_steps_that_use_them(compiled):
     def bound(task, parameter):
         return tasks[task]["inputs"]["parameters"][parameter].get("componentInputParameter")
 
-    assert bound("ImportExampleGen", "input_base") == "data_root"
+    assert bound("ImportExamples", "artifact_uri") == "data_root"
     assert bound("Trainer", "model_name") == "model_name"
     assert bound("Trainer", "train_steps") == "train_steps"
     assert bound("Pusher", "model_name") == "model_name"   # the push path follows the model
     config = json.loads(
         tasks["Trainer"]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
     assert "model" not in config and config["batch_size"] == 256
+
+
+def test_data_root_is_imported_as_the_split_examples_artifact(compiled):
+    """The Importer runs in KFP's driver: its URI is the data_root parameter, and the
+    artifact carries the splits and formats StatisticsGen, Transform and the Evaluator read."""
+    job, _ = compiled
+    importer = job["pipelineSpec"]["deploymentSpec"]["executors"]["ImportExamples_executor"]
+    assert set(importer) == {"importer"}
+    assert importer["importer"]["artifactUri"] == {"runtimeParameter": "artifact_uri"}
+    assert importer["importer"]["metadata"] == {
+        "split_names": '["train", "eval"]', "payload_format": "FORMAT_TF_EXAMPLE",
+        "file_format": "tfrecords_gzip"}
+    assert "title: tfx.Examples" in importer["importer"]["typeSchema"]["instanceSchema"]
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    for consumer in ("StatisticsGen", "Transform", "ServingWarmup", "Evaluator"):
+        source = tasks[consumer]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]
+        assert source == {"producerTask": "ImportExamples", "outputArtifactKey": "result"}, consumer
 
 
 def test_every_step_runs_the_image_with_its_resources(compiled):
@@ -157,6 +174,6 @@ def test_documented_beam_args_compile_and_beam_knows_every_option(beam_args, tmp
     with_unknown = options.get_all_options(retain_unknown_options=True)
     assert set(with_unknown) - set(known) == set(), f"options Beam does not know: {beam_args}"
     job, _ = compile_spec(tmp_path, "--beam-args", beam_args)
-    for name in ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator"):
+    for name in ("StatisticsGen", "Transform", "Evaluator"):
         args = containers(job)[name]["args"]
         assert args[-len(flags):] == flags, name

@@ -93,7 +93,7 @@ def test_synthetic_run_blesses_and_pushes(synthetic_run):
         assert auc > 0.6, line
     versions = glob.glob(str(root / "serving" / "shared_bottom" / "*" / "saved_model.pb"))
     assert len(versions) == 1
-    for component in ("ImportExampleGen", "ExampleValidator", "AnomaliesGate", "Transform",
+    for component in ("ImportExamples", "ExampleValidator", "AnomaliesGate", "Transform",
                       "Trainer", "ServingWarmup", "Evaluator", "Pusher"):
         assert f"] {component} done in" in first.stderr
 
@@ -200,7 +200,7 @@ def test_bad_input_stops_before_the_pipeline(tmp_path):
         f"error: {rows} line 3, column 'buy': 'buy' is 1 while the previous step 'click' is 0 "
         "(rows with problems: 1 chain_violation; pass --bad-rows reject to set bad rows aside "
         "in a rejects file)")
-    assert not os.path.exists(tmp_path / "p" / "ImportExampleGen")
+    assert not os.path.exists(tmp_path / "p" / "metadata.sqlite")   # no pipeline started
 
 
 def test_hillstrom_end_to_end(hillstrom_csv, tmp_path):
@@ -297,9 +297,11 @@ def test_degraded_candidate_is_refused_and_not_pushed(synthetic_run):
 def eval_split(pipeline_root, split="eval"):
     """The eval split the Evaluator read (or another split): serialized examples and
     their parsed columns."""
+    from tfx_pipeline.results import imported_examples_uri
     from tfx_pipeline.serving_warmup import read_split_records
 
-    serialized = read_split_records(latest(f"{pipeline_root}/ImportExampleGen/examples/*"), split)
+    serialized = read_split_records(
+        imported_examples_uri(os.path.join(pipeline_root, "metadata.sqlite")), split)
     columns = {}
     for record in serialized:
         example = tf.train.Example.FromString(record)

@@ -40,6 +40,9 @@ def test_json_round_trip_of_builtin_specs():
     (lambda d: d["chain"].update(steps=["click", "country"]), "column 'country' is used twice"),
     (lambda d: d.update(slices=["weather"]), "slices[0] names 'weather', which is not a feature"),
     (lambda d: d["split"].update(eval_percent=0), "split.eval_percent must be between 1 and 99"),
+    (lambda d: d["split"].update(partition_column="user"), "split.partition_column 'user' is not a column"),
+    (lambda d: d["split"].update(partition_column="age"), "split.partition_column 'age' is a float column"),
+    (lambda d: d["split"].update(partition_column="amount"), "split.partition_column 'amount' is a float column"),
     (lambda d: d.pop("chain"), "missing required field 'chain'"),
 ])
 def test_malformed_spec_names_file_and_field(tmp_path, change, message):

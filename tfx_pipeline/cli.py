@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="spec path without suffix (or with .json/.yaml); "
                                "writes <output>.json and <output>.yaml")
     compile_.add_argument("--data-root", default="gs://YOUR_BUCKET/data/synthetic",
-                          help="directory of tf.Example TFRecords the cluster can read")
+                          help="directory the cluster can read, holding Split-train/ and "
+                               "Split-eval/ of GZIP tf.Example TFRecords (what `run` ingests "
+                               "to <pipeline root>/ingested/<name>-<fingerprint>/examples)")
     compile_.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/pipelines")
     compile_.add_argument("--serving-dir", default="gs://YOUR_BUCKET/serving")
     compile_.add_argument("--image", default=DEFAULT_IMAGE, help="container image of the pipeline")
@@ -219,7 +221,7 @@ def _check_model(args, spec):
 def command_run(args) -> int:
     from tfx_pipeline.machine import configure_tensorflow_threads, usable_cpus
     from transform import datasets
-    from transform.ingest import ingest_csv
+    from transform.ingest import ingest_csv, require_every_split
 
     # Before TensorFlow runs anything: the Trainer runs in this process under
     # LocalDagRunner, so these are the pools it trains with.
@@ -237,6 +239,7 @@ def command_run(args) -> int:
                           log=lambda line: print(line, file=sys.stderr))
     print(f"{ingested.rows_written} of {ingested.rows_read} rows passed the checks"
           f"{' (reused)' if ingested.reused else ''}", file=sys.stderr)
+    require_every_split(ingested, source.spec)
 
     from tfx import v1 as tfx
 
@@ -248,8 +251,7 @@ def command_run(args) -> int:
         print(f"{ingested.rows_written} rows: Beam runs with {' '.join(beam_args)} "
               f"(--beam-args overrides; \"--direct_running_mode=in_memory\" keeps one process)",
               file=sys.stderr)
-    config = _config(args, os.path.join(ingested.examples_dir, "examples"), source.spec,
-                     pipeline_root, beam_args=beam_args)
+    config = _config(args, ingested.examples_uri, source.spec, pipeline_root, beam_args=beam_args)
     pipeline = create_pipeline(config)
     progress.attach(total=len(pipeline.components), verbose=args.verbose)
     tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -7,7 +7,7 @@
 For each dataset the real pipeline runs once (cached on reruns) to produce the
 Transform output: the same vocabularies, scaling and train/eval split every
 model then trains and is evaluated on (the eval rows go through the Transform
-graph in-process, in ExampleGen's order, so the synthetic generator's truth
+graph in-process, in the Examples artifact's order, so the synthetic generator's truth
 lines up with them). Metrics are exact (scikit-learn AUC and log loss on all
 eval rows; SciPy Spearman; the core-target metrics of tfx_pipeline.metrics) and
 reported as mean ± std over seeds, with training examples/s measured around
@@ -74,14 +74,16 @@ def load_split(root: str, split: str, tft_output) -> dict:
 
 
 def load_raw_split(root: str, split: str, tft_output) -> tuple[dict, dict]:
-    """One split of ExampleGen's raw examples, and the same rows through the Transform
+    """One split of the run's raw examples, and the same rows through the Transform
     graph, in the same order: (raw column -> (rows,), transformed column -> (rows,)).
 
     The raw values let the synthetic generator say what is true for each row."""
     from tfx_pipeline.oracle import numpy_column, parsed_batches
+    from tfx_pipeline.results import imported_examples_uri
     from tfx_pipeline.serving_warmup import read_split_records
 
-    records = read_split_records(latest(f"{root}/ImportExampleGen/examples/*"), split)
+    records = read_split_records(imported_examples_uri(os.path.join(root, "metadata.sqlite")),
+                                 split)
     raw_spec = tft_output.raw_feature_spec()
     raw: dict[str, list] = {name: [] for name in raw_spec}
     transformed: dict[str, list] = {}
@@ -98,8 +100,10 @@ def load_raw_split(root: str, split: str, tft_output) -> tuple[dict, dict]:
 def carve_validation(columns: dict, share: float, keys: np.ndarray) -> tuple[dict, dict]:
     """Splits rows into (fit, validation) by their content, not their position.
 
-    ExampleGen's output order changes from run to run (Beam writes shards in any
-    order), so a split by position would score two runs on different rows. Rows
+    The raw examples' order is not a property of the data (ImportExampleGen's
+    shuffle changed it every run; ingest now fixes it per input file, and a
+    change of the file or CHUNK_ROWS changes it), so a split by position could
+    score two runs on different rows. Rows
     are ranked by `keys` (a hash of each row's raw values, see row_keys) and the
     first share of that ranking is the validation part, in every run.
 

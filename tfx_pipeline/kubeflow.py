@@ -6,7 +6,9 @@ take) and the PipelineSpec YAML (what the KFP UI and
 `kfp.Client().upload_pipeline` take). Both name the pipeline image and expose
 three runtime parameters, settable per run without recompiling:
 
-  data_root    directory of tf.Example TFRecords (ImportExampleGen's input_base)
+  data_root    directory of Split-train/ and Split-eval/ tf.Example TFRecords, as
+               `run` ingests them (the Importer's source URI: the pipeline
+               registers it as its Examples artifact, nothing re-splits it)
   train_steps  Trainer steps
   model_name   registry name of the model to train; also the push sub-directory
 
@@ -21,7 +23,6 @@ import json
 import os
 
 import yaml
-from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
@@ -44,7 +45,6 @@ class Resources:
 # component (see benchmarks/pipeline_scale.py); with --beam-args pointing at
 # Dataflow/Flink/Spark the Beam-heavy components only coordinate.
 COMPONENT_RESOURCES = {
-    "ImportExampleGen": Resources(cpus=4, memory_gb=8),
     "StatisticsGen": Resources(cpus=4, memory_gb=8),
     "SchemaGen": Resources(cpus=1, memory_gb=2),
     "ImportSchemaGen": Resources(cpus=1, memory_gb=2),
@@ -88,7 +88,7 @@ def attach_resources(pipeline, trainer_gpus: int = 1, gpu_type: str = GPU_RESOUR
     """Sets every component's platform config from COMPONENT_RESOURCES."""
     for component in pipeline.components:
         resources = COMPONENT_RESOURCES.get(component.id)
-        if resources is None:      # the Resolver runs in the KFP driver, not in a container
+        if resources is None:      # the Importer and the Resolver run in KFP's driver
             continue
         if component.id == "Trainer":
             resources = dataclasses.replace(resources, gpus=trainer_gpus)
@@ -120,12 +120,6 @@ def pipeline_job(config: PipelineConfig, image: str, trainer_gpus: int = 1,
     inputs = job["pipelineSpec"]["root"].get("inputDefinitions", {}).get("parameters", {})
     for name, default in defaults.items():
         inputs[name]["defaultValue"] = default
-    # TFX 1.21 leaves out the platform config of file-based ExampleGens' containers.
-    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
-    for component in pipeline.components:
-        container = executors.get(f"{component.id}_executor", {}).get("container")
-        if container is not None and component.platform_config and "resources" not in container:
-            container["resources"] = json_format.MessageToDict(component.platform_config)
     return job
 
 

@@ -11,6 +11,8 @@ revenue's figure by 10 % and more (docs/evaluation.md).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -31,11 +33,12 @@ def numpy_column(parts) -> np.ndarray:
 
 
 def read_raw_split(pipeline_root: str, split: str, raw_spec) -> dict[str, np.ndarray]:
-    """One split of the run's ExampleGen output as raw column -> (rows,)."""
-    from tfx_pipeline.compare import latest
+    """One split of the run's imported raw examples as raw column -> (rows,)."""
+    from tfx_pipeline.results import imported_examples_uri
     from tfx_pipeline.serving_warmup import read_split_records
 
-    records = read_split_records(latest(f"{pipeline_root}/ImportExampleGen/examples/*"), split)
+    records = read_split_records(
+        imported_examples_uri(os.path.join(pipeline_root, "metadata.sqlite")), split)
     parts: dict[str, list] = {name: [] for name in raw_spec}
     for parsed in parsed_batches(records, raw_spec):
         for name, value in parsed.items():

@@ -1,7 +1,11 @@
 """The pipeline definition: one `create_pipeline` that wires every component.
 
-ImportExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomaliesGate
+ImportExamples -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomaliesGate
   -> Transform -> Trainer -> ServingWarmup -> Evaluator -> Pusher
+ImportExamples is an Importer: it registers the directory ingest wrote
+(transform.ingest: Split-train/ and Split-eval/, already split by ExampleGen's
+hash rule) as the Examples artifact, without reading or copying a record. On
+unchanged input it resolves to the same artifact, so the rest is cached.
 ServingWarmup adds TF Serving warmup requests built from raw eval examples to
 a copy of the trained model; that copy is evaluated and pushed.
 The Evaluator also reads the latest blessed model (a Resolver node,
@@ -9,7 +13,8 @@ LatestBlessedModelStrategy) as the baseline for the change gates, and the
 Pusher does not push a model that is already serving (tfx_pipeline.push).
 
 The data root, the model's name and the training steps may be Kubeflow
-RuntimeParameters instead of values (tfx_pipeline.kubeflow); Trainer and
+RuntimeParameters instead of values (tfx_pipeline.kubeflow; the Importer's
+source URI takes one in TFX 1.21's Kubeflow V2 compiler); Trainer and
 Pusher take the latter two as execution properties of their own
 (tfx_pipeline.model_trainer, tfx_pipeline.push.ModelPusher).
 """
@@ -21,13 +26,14 @@ import os
 from typing import Mapping, Sequence
 
 from tfx import v1 as tfx
-from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
 
 from tfx_pipeline.anomalies_gate import AnomaliesGate
 from tfx_pipeline.eval_config import Gates, build_eval_config
 from tfx_pipeline.model_trainer import ModelTrainer
 from tfx_pipeline.push import ModelPusher
 from tfx_pipeline.serving_warmup import ServingWarmup
+from transform.ingest import SPLIT_NAMES
 from transform.spec import DatasetSpec
 
 PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
@@ -43,7 +49,7 @@ class PipelineConfig:
 
     pipeline_name: str
     pipeline_root: str
-    examples_dir: str            # directory of tf.Example TFRecords (the ingested data)
+    examples_dir: str            # Split-train/ and Split-eval/ of tf.Examples (IngestResult.examples_uri)
     spec: DatasetSpec
     model_name: str
     serving_dir: str             # the Pusher writes <serving_dir>/<model_name>/<version>/
@@ -63,21 +69,33 @@ class PipelineConfig:
         return os.path.join(self.pipeline_root, "metadata.sqlite")
 
 
-def split_config(spec: DatasetSpec) -> example_gen_pb2.Output:
-    eval_buckets = spec.split.eval_percent
-    splits = example_gen_pb2.SplitConfig(
-        splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
-                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)])
-    if spec.split.partition_column:
-        splits.partition_feature_name = spec.split.partition_column
-    return example_gen_pb2.Output(split_config=splits)
+EXAMPLES_IMPORTER = "ImportExamples"
+# What ImportExampleGen records on its Examples: the splits, and the payload and
+# file format the readers (tfx.components.util.tfxio_utils) look up; both
+# formats are also their defaults.
+EXAMPLES_PROPERTIES = {"split_names": artifact_utils.encode_split_names(list(SPLIT_NAMES))}
+EXAMPLES_CUSTOM_PROPERTIES = {"payload_format": "FORMAT_TF_EXAMPLE",
+                              "file_format": "tfrecords_gzip"}
+
+
+def import_examples(examples_dir) -> tfx.dsl.Importer:
+    """The Importer that registers an ingested directory as the Examples artifact.
+
+    `examples_dir` (a path or a RuntimeParameter) must hold Split-train/ and
+    Split-eval/ of GZIP TFRecords named *.gz (transform.ingest writes them). With
+    reimport=False the same directory resolves to the artifact registered before.
+    """
+    return tfx.dsl.Importer(
+        source_uri=examples_dir, artifact_type=tfx.types.standard_artifacts.Examples,
+        reimport=False, properties=dict(EXAMPLES_PROPERTIES),
+        custom_properties=dict(EXAMPLES_CUSTOM_PROPERTIES)).with_id(EXAMPLES_IMPORTER)
 
 
 def create_components(config: PipelineConfig) -> list:
     spec_json = config.spec.to_json()
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=config.examples_dir, output_config=split_config(config.spec))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    importer = import_examples(config.examples_dir)
+    examples = importer.outputs["result"]
+    statistics_gen = tfx.components.StatisticsGen(examples=examples)
     if config.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
     else:
@@ -87,7 +105,7 @@ def create_components(config: PipelineConfig) -> list:
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"spec": spec_json, "code": config.code_fingerprint})
     transform.add_upstream_node(gate)
@@ -102,20 +120,20 @@ def create_components(config: PipelineConfig) -> list:
                        "batch_size": config.batch_size, "seed": config.seed,
                        "strategy": config.strategy, "code": config.code_fingerprint},
     ).with_id("Trainer")
-    warmup = ServingWarmup(model=trainer.outputs["model"], examples=example_gen.outputs["examples"])
+    warmup = ServingWarmup(model=trainer.outputs["model"], examples=examples)
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("LatestBlessedModelResolver")
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"], model=warmup.outputs["warm_model"],
+        examples=examples, model=warmup.outputs["warm_model"],
         baseline_model=baseline.outputs["model"],
         eval_config=build_eval_config(config.spec, config.gates))
     pusher = ModelPusher(
         model=warmup.outputs["warm_model"], model_blessing=evaluator.outputs["blessing"],
         serving_dir=config.serving_dir, model_name=config.model_name).with_id("Pusher")
-    return [example_gen, statistics_gen, schema_gen, example_validator, gate, transform,
+    return [importer, statistics_gen, schema_gen, example_validator, gate, transform,
             trainer, warmup, baseline, evaluator, pusher]
 
 

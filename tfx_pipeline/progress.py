@@ -3,7 +3,9 @@
 TFX reports each component's start, end and cache hits through absl logging.
 `ComponentProgress` turns those records into one line per component
 ("[3/9] SchemaGen ... done in 0.1 s (cached)") and hides the rest of the
-INFO-level chatter unless verbose output is asked for.
+INFO-level chatter unless verbose output is asked for. An Importer that
+resolves to the artifact it registered before (the same directory, unchanged
+input) counts as cached too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 
 _RUNNING = re.compile(r"Component (\S+) is running\.")
 _FINISHED = re.compile(r"Component (\S+) is finished\.")
-_CACHED = re.compile(r"A cached execution \d+ is used\.")
+# A component's cache hit (portable/launcher.py), or an Importer's reuse (importer.py).
+_CACHED = re.compile(r"A cached execution \d+ is used\.|^Reusing existing artifact$")
 
 
 class ComponentProgress(logging.Handler):

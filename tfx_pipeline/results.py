@@ -33,6 +33,20 @@ def _latest(store, type_name: str):
     return max(artifacts, key=lambda a: a.id) if artifacts else None
 
 
+def imported_examples_uri(metadata_path: str) -> str:
+    """The raw Examples the latest run read: the directory its Importer registered
+    (the newest output event of an external Examples artifact, so a run that
+    reused an older artifact still finds it)."""
+    store = _store(metadata_path)
+    external = {a.id: a for a in store.get_artifacts_by_type("Examples")
+                if _int_property(a, "is_external") == 1}
+    events = [event for event in store.get_events_by_artifact_ids(list(external))
+              if event.type == metadata_store_pb2.Event.OUTPUT] if external else []
+    if not events:
+        raise FileNotFoundError(f"no imported Examples recorded in {metadata_path}")
+    return external[max(events, key=lambda event: event.execution_id).artifact_id].uri
+
+
 def _int_property(artifact, name: str) -> int | None:
     value = artifact.custom_properties.get(name)
     return value.int_value if value is not None else None

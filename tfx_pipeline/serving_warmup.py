@@ -2,7 +2,7 @@
 
 The Trainer sees transformed examples only, while warmup requests must carry
 raw features, as clients send them. This component takes the Trainer's model
-and ExampleGen's raw examples, and outputs a copy of the model whose
+and the raw examples (the imported Examples), and outputs a copy of the model whose
 assets.extra/ holds warmup requests built from the eval split (see
 serving.warmup). The Evaluator judges, and the Pusher pushes, that copy.
 """
@@ -22,7 +22,7 @@ SERVING_FORMAT = "Format-Serving"   # where TFX's Trainer puts the SavedModel
 
 def read_split_records(examples_uri: str, split: str, limit: int | None = None) -> list[bytes]:
     """Serialized records of one split of an Examples artifact (GZIP TFRecords, as
-    ExampleGen writes them under <uri>/Split-<split>/); the first `limit`, or all."""
+    ingest and ExampleGen write them under <uri>/Split-<split>/); the first `limit`, or all."""
     split_dir = os.path.join(examples_uri, f"Split-{split}")
     files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
     if not files:

@@ -18,10 +18,23 @@ are returned; the remaining rows are converted. Nothing is dropped silently.
 
 Line numbers count the header as line 1, so the first data row is line 2.
 
-`ingest_csv` reads the file in chunks of `CHUNK_ROWS` rows and writes one
-TFRecord shard per chunk, so its memory does not grow with the file. In error
-mode it stops at the first chunk with a problem; the counts in the message are
-that chunk's.
+`ingest_csv` reads the file in chunks of `CHUNK_ROWS` rows, so its memory does
+not grow with the file. In error mode it stops at the first chunk with a
+problem; the counts in the message are that chunk's.
+
+It writes the good rows already split into train and eval, in the layout of a
+TFX Examples artifact, so the pipeline registers the directory as its Examples
+with an Importer instead of copying it through an ExampleGen:
+
+  <staging root>/<spec name>-<fingerprint>/
+    examples/Split-train/data-NNNNN.tfrecord.gz   one GZIP shard per chunk and split
+    examples/Split-eval/data-NNNNN.tfrecord.gz
+    summary.json                                  rows read, written, per split
+    rejects.csv                                   with --bad-rows reject (unless given)
+
+The split is ExampleGen's hash split (`SplitRule`), so a row lands in the split
+ImportExampleGen would have put it in. Within a chunk the rows are written in a
+seeded random order, standing in for the shuffle ExampleGen does while it writes.
 """
 
 from __future__ import annotations
@@ -42,9 +55,14 @@ from transform.spec import DatasetSpec
 
 BAD_ROW_MODES = ("error", "reject")
 # Bump when the written record layout changes, so staged data is rebuilt.
-_RECORD_LAYOUT_VERSION = "2"   # 2: one shard per chunk (data-NNNNN.tfrecord.gz)
+# 2: one shard per chunk (data-NNNNN.tfrecord.gz)
+# 3: shards split into examples/Split-train and examples/Split-eval, shuffled per chunk
+_RECORD_LAYOUT_VERSION = "3"
 CHUNK_ROWS = 250_000           # rows read, checked and written at a time
 _ENCODE_ROWS = 65536           # rows per Arrow batch when encoding tf.Examples
+SPLIT_NAMES = ("train", "eval")  # the Examples artifact's splits, in this order
+HASH_BUCKETS = 100             # ExampleGen's buckets: train 100 - eval_percent, eval eval_percent
+EXAMPLES_SUBDIR = "examples"   # the Examples artifact's directory inside an ingest directory
 
 
 class DataValidationError(ValueError):
@@ -55,12 +73,18 @@ class DataValidationError(ValueError):
 class IngestResult:
     """What ingesting one source file produced."""
 
-    examples_dir: str          # directory holding examples/data-NNNNN.tfrecord.gz
+    examples_dir: str          # the ingest directory, holding examples/Split-<split>/
     rows_read: int
     rows_written: int
     reject_counts: Mapping[str, int]  # reason -> number of rejected rows
     rejects_path: str | None   # CSV of rejected rows, when any were rejected
     reused: bool               # True when an identical earlier ingest was reused
+    split_rows: Mapping[str, int] = dataclasses.field(default_factory=dict)  # split -> rows
+
+    @property
+    def examples_uri(self) -> str:
+        """The Examples artifact's directory (Split-train/ and Split-eval/ inside)."""
+        return os.path.join(self.examples_dir, EXAMPLES_SUBDIR)
 
 
 @dataclasses.dataclass
@@ -253,20 +277,106 @@ def arrow_column(values: np.ndarray) -> pa.Array:
     return pa.LargeListArray.from_arrays(offsets, flat)
 
 
-def write_examples(columns: Mapping[str, np.ndarray], path: str) -> int:
-    """Writes one tf.Example per row to a GZIP TFRecord file; returns the row count."""
-    import tensorflow as tf
+@dataclasses.dataclass(frozen=True)
+class SplitRule:
+    """ExampleGen's train/eval split by hash, as TFX 1.21 computes it
+    (`_PartitionFn` in tfx/components/example_gen/base_example_gen_executor.py).
+
+    A record's key is its tf.Example serialized deterministically (features in
+    name order), or, with a partition column, that one feature serialized the
+    same way. Its bucket is int(sha256(key).hexdigest(), 16) % 100; buckets
+    below 100 - eval_percent are train, the rest eval. ImportExampleGen parses
+    each record it reads and serializes it deterministically before hashing, so
+    the key does not depend on the order in which the encoder wrote the features.
+    """
+
+    eval_percent: int = 20
+    partition_column: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec) -> "SplitRule":
+        """The rule of the spec's `split` section."""
+        return cls(spec.split.eval_percent, spec.split.partition_column)
+
+    def key(self, record: bytes) -> bytes:
+        """The bytes ExampleGen hashes for one serialized tf.Example."""
+        from tensorflow.core.example import example_pb2
+
+        example = example_pb2.Example.FromString(record)
+        if self.partition_column is None:
+            return example.SerializeToString(deterministic=True)
+        features = example.features.feature
+        if self.partition_column not in features:
+            raise DataValidationError(
+                f"split.partition_column {self.partition_column!r} is not in the example")
+        return features[self.partition_column].SerializeToString(deterministic=True)
+
+    def split_of(self, record: bytes) -> str:
+        """'train' or 'eval' for one serialized tf.Example."""
+        train_buckets = HASH_BUCKETS - self.eval_percent
+        return SPLIT_NAMES[0] if hash_bucket(self.key(record)) < train_buckets else SPLIT_NAMES[1]
+
+    def describe(self) -> str:
+        """The rule in words, for the log and for error messages."""
+        by = f"column {self.partition_column!r}" if self.partition_column else "whole row"
+        return f"hash of the {by}, {self.eval_percent} % eval"
+
+
+def hash_bucket(key: bytes) -> int:
+    """ExampleGen's bucket of a partition key: its SHA-256 as an integer, modulo 100."""
+    return int(hashlib.sha256(key).hexdigest(), 16) % HASH_BUCKETS
+
+
+def encode_examples(columns: Mapping[str, np.ndarray]):
+    """Yields the rows as serialized tf.Examples, in lists of up to _ENCODE_ROWS."""
     from tfx_bsl.coders import example_coder
 
     names = sorted(columns)
     count = len(columns[names[0]])
-    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for start in range(0, count, _ENCODE_ROWS):
-            batch = pa.RecordBatch.from_arrays(
-                [arrow_column(columns[n][start:start + _ENCODE_ROWS]) for n in names], names)
-            for record in example_coder.RecordBatchToExamples(batch):
-                writer.write(record)
-    return count
+    for start in range(0, count, _ENCODE_ROWS):
+        batch = pa.RecordBatch.from_arrays(
+            [arrow_column(columns[n][start:start + _ENCODE_ROWS]) for n in names], names)
+        yield example_coder.RecordBatchToExamples(batch)
+
+
+def shuffled(columns: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """The rows in a random order fixed by `seed`, the same order in every column."""
+    count = len(next(iter(columns.values())))
+    order = np.random.default_rng(seed).permutation(count)
+    return {name: values[order] for name, values in columns.items()}
+
+
+def write_split_shards(columns: Mapping[str, np.ndarray], split_dirs: Mapping[str, str],
+                       file_name: str, rule: SplitRule) -> collections.Counter:
+    """Writes one tf.Example per row to `file_name` (a GZIP TFRecord) in the directory
+    of the row's split; a split without rows gets no file. Returns rows per split."""
+    import tensorflow as tf
+
+    writers: dict = {}
+    counts: collections.Counter = collections.Counter()
+    try:
+        for records in encode_examples(columns):
+            for record in records:
+                split = rule.split_of(record)
+                if split not in writers:
+                    writers[split] = tf.io.TFRecordWriter(
+                        os.path.join(split_dirs[split], file_name), options="GZIP")
+                writers[split].write(record)
+                counts[split] += 1
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return counts
+
+
+def require_every_split(result: IngestResult, spec: DatasetSpec) -> None:
+    """Raises DataValidationError when a split got no rows (the pipeline needs both)."""
+    empty = [split for split in SPLIT_NAMES if not result.split_rows.get(split)]
+    if empty:
+        raise DataValidationError(
+            f"no rows landed in the {' and '.join(map(repr, empty))} split of "
+            f"{result.rows_written} rows ({SplitRule.from_spec(spec).describe()}); the pipeline "
+            f"needs rows in both splits: add rows or change split.eval_percent in the spec")
 
 
 def _fingerprint(path: str, spec: DatasetSpec, bad_rows: str, rename) -> str:
@@ -282,11 +392,14 @@ def _fingerprint(path: str, spec: DatasetSpec, bad_rows: str, rename) -> str:
 def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = "error",
                rejects_path: str | None = None, rename: Mapping[str, str] | None = None,
                log=print) -> IngestResult:
-    """Checks `path` against `spec` and writes typed tf.Examples under `staging_root`.
+    """Checks `path` against `spec` and writes typed tf.Examples under `staging_root`,
+    split into train and eval by `SplitRule.from_spec(spec)` (the layout in the
+    module docstring); logs the rows per split.
 
     The output directory is named by a fingerprint of the file's bytes, the spec
-    and the options, so re-running on unchanged input reuses it (and keeps the
-    pipeline's ExampleGen cache valid).
+    and the options, so re-running on unchanged input reuses it: the pipeline's
+    Importer then registers the same directory again, resolves to the same
+    Examples artifact, and every downstream component's cache stays valid.
     """
     if not os.path.exists(path):
         raise DataValidationError(f"{path}: file not found")
@@ -297,15 +410,21 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
             summary = json.load(handle)
         _report_rejects(summary["rows_read"] - summary["rows_written"], summary["reject_counts"],
                         summary["rejects_path"], log)
+        _report_splits(summary["split_rows"], spec, log)
         return IngestResult(out_dir, summary["rows_read"], summary["rows_written"],
-                            summary["reject_counts"], summary["rejects_path"], reused=True)
+                            summary["reject_counts"], summary["rejects_path"], reused=True,
+                            split_rows=summary["split_rows"])
 
-    examples_dir = os.path.join(out_dir, "examples")
     shutil.rmtree(out_dir, ignore_errors=True)   # a half-written earlier attempt
-    os.makedirs(examples_dir)
+    split_dirs = {split: os.path.join(out_dir, EXAMPLES_SUBDIR, f"Split-{split}")
+                  for split in SPLIT_NAMES}
+    for directory in split_dirs.values():
+        os.makedirs(directory)
+    rule = SplitRule.from_spec(spec)
     saved_rejects = rejects_path or os.path.join(out_dir, "rejects.csv")
     rows_read = written = rejected = 0
     counts: collections.Counter = collections.Counter()
+    split_rows: collections.Counter = collections.Counter()
     for shard, frame in enumerate(read_text_chunks(path, rename, CHUNK_ROWS)):
         good, rejects, chunk_counts = check_table(
             frame, spec, source=path, bad_rows=bad_rows, first_line=rows_read + 2,
@@ -316,18 +435,23 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
         rejected += len(rejects)
         counts.update(chunk_counts)
         if len(rejects) < len(frame):
-            written += write_examples(
-                good, os.path.join(examples_dir, f"data-{shard:05d}.tfrecord.gz"))
+            written_now = write_split_shards(shuffled(good, seed=shard), split_dirs,
+                                             f"data-{shard:05d}.tfrecord.gz", rule)
+            split_rows.update(written_now)
+            written += sum(written_now.values())
     if written == 0:
         raise DataValidationError(f"{path}: every one of {rows_read} rows has a problem; "
                                   f"see the reasons in {saved_rejects}")
     saved_rejects = saved_rejects if rejected else None
     _report_rejects(rejected, counts, saved_rejects, log)
+    split_rows = {split: split_rows[split] for split in SPLIT_NAMES}
+    _report_splits(split_rows, spec, log)
     summary = dict(source=path, rows_read=rows_read, rows_written=written,
-                   reject_counts=dict(counts), rejects_path=saved_rejects)
+                   reject_counts=dict(counts), rejects_path=saved_rejects, split_rows=split_rows)
     with open(summary_path, "w") as handle:  # written last: marks the ingest complete
         json.dump(summary, handle, indent=1)
-    return IngestResult(out_dir, rows_read, written, dict(counts), saved_rejects, reused=False)
+    return IngestResult(out_dir, rows_read, written, dict(counts), saved_rejects, reused=False,
+                        split_rows=split_rows)
 
 
 def _append_csv(frame: pd.DataFrame, path: str, header: bool) -> None:
@@ -339,3 +463,9 @@ def _report_rejects(rows: int, counts: Mapping[str, int], rejects_path: str | No
     if rows:
         detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
         log(f"rejected {rows} row(s) (rows per reason: {detail}); they are in {rejects_path}")
+
+
+def _report_splits(split_rows: Mapping[str, int], spec: DatasetSpec, log) -> None:
+    """Logs the rows written per split and the rule that split them."""
+    shown = ", ".join(f"{split_rows.get(split, 0):,} {split}" for split in SPLIT_NAMES)
+    log(f"rows per split: {shown} (ExampleGen's rule: {SplitRule.from_spec(spec).describe()})")

@@ -207,8 +207,13 @@ def validate(spec: DatasetSpec, where: str = "spec") -> None:
                 _fail(where, f"slices[{i}] names {column!r}, which is not a feature")
     if not 0 < spec.split.eval_percent < 100:
         _fail(where, "split.eval_percent must be between 1 and 99")
-    if spec.split.partition_column and spec.split.partition_column not in spec.columns:
-        _fail(where, f"split.partition_column {spec.split.partition_column!r} is not a column")
+    partition = spec.split.partition_column
+    if partition and partition not in spec.columns:
+        _fail(where, f"split.partition_column {partition!r} is not a column")
+    if partition and (partition == chain.core_target or
+                      (partition in spec.feature_names and not spec.feature(partition).is_categorical)):
+        _fail(where, f"split.partition_column {partition!r} is a float column; the split hashes "
+                     f"a string or integer column only (as TFX's ExampleGen does)")
 
 
 _FEATURE_FIELDS = {f.name for f in dataclasses.fields(FeatureSpec)}
