@@ -57,6 +57,10 @@ class CommonHParams:
       docs/models.md, "Output levels".
     recalibrate: after training, match each output's mean prediction to its mean
       label on training rows (keras_models.recalibration) [R].
+    jit_compile: whether training and prediction steps run compiled by XLA: "on",
+      "off" or "auto" (XLA for models that are faster with it on CPU too, i.e.
+      `xla_on_cpu`, when gradient_rule is "none"; otherwise Keras' rule, XLA on
+      GPUs and TPUs only). See keras_models.registry.jit_compile_setting.
     """
 
     embedding_dim: int = 16
@@ -71,6 +75,7 @@ class CommonHParams:
     ema_decay: float = 0.9
     prior_bias: bool = True
     recalibrate: bool = True
+    jit_compile: str = "auto"
 
     @classmethod
     def from_dict(cls, values):
@@ -144,6 +149,7 @@ class MultiTaskModel(keras.Model):
 
     hparams_class = None  # set by subclasses to their typed hyper-parameter dataclass
     requires_core_target = False  # True for models that need a continuous last task
+    xla_on_cpu = False    # True: jit_compile "auto" trains under XLA on CPUs too
     OBJECTIVES = ("entire_space", "masked_conditional", "constrained")
 
     def __init__(self, input_layout, task_layout, hparams=None, **kwargs):

@@ -128,3 +128,89 @@ def test_pattern_selector_against_numpy():
     np.testing.assert_allclose(weights.numpy(), alpha, rtol=1e-5, atol=1e-6)
     for t, selection in enumerate(selector(patterns)):
         np.testing.assert_allclose(selection.numpy(), expected[:, t], rtol=1e-4, atol=1e-5)
+
+
+def layer_norm(x, layer):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + layer.epsilon) * layer.gamma.numpy() + layer.beta.numpy()
+
+
+def mab_numpy(block, query, key):
+    """MAB(Q, K) written out per head as the Set Transformer defines it.
+
+    query (B, n, d), key (B, m, d) -> (B, n, d); a bias the block lacks counts as 0.
+    """
+    d, h = block.dim, block.num_heads
+    k = d // h
+    w = {name: np.asarray(getattr(block, name)) for name in (
+        "w_query", "w_key", "w_value", "w_output", "b_query", "b_value", "b_output")}
+    b_key = block.b_key.numpy() if block.b_key is not None else np.zeros(d, "float32")
+    out = np.zeros(query.shape[:2] + (d,))
+    for j in range(h):
+        cols = slice(j * k, (j + 1) * k)
+        q = query @ w["w_query"][:, cols] + w["b_query"][cols]             # (B, n, k)
+        keys = key @ w["w_key"][:, cols] + b_key[cols]                      # (B, m, k)
+        values = key @ w["w_value"][:, cols] + w["b_value"][cols]
+        scores = q @ keys.transpose(0, 2, 1) / np.sqrt(k)                   # (B, n, m)
+        alpha = np.exp(scores - scores.max(-1, keepdims=True))
+        alpha /= alpha.sum(-1, keepdims=True)
+        out += (alpha @ values) @ w["w_output"][cols]
+    a = layer_norm(query + out + w["b_output"], block.norm_attention)
+    ff = block.feed_forward
+    return layer_norm(a + np.maximum(a @ ff.kernel.numpy() + ff.bias.numpy(), 0), block.norm_output)
+
+
+def randomise(layer, seed):
+    """Every weight of `layer` set to N(0, 0.5^2), biases and norms included."""
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+
+
+def test_set_attention_blocks_against_numpy():
+    """attend, summarise (scores folded, biases moved past the softmax) and ISAB equal the
+    per-head textbook formula on random weights."""
+    from keras_models.apem import InducedSetAttention
+
+    isab = InducedSetAttention(dim=8, num_heads=2, num_inducing=3)
+    x = np.random.default_rng(0).normal(size=(4, 5, 8)).astype("float32")
+    isab(x)
+    randomise(isab, 1)
+    points = isab.inducing.numpy()
+    summary = mab_numpy(isab.summarise, np.broadcast_to(points, (4, 3, 8)), x).astype("float32")
+    np.testing.assert_allclose(isab.summarise.summarise(isab.inducing, x), summary, atol=2e-5)
+    np.testing.assert_allclose(isab.broadcast.attend(x, summary), mab_numpy(isab.broadcast, x, summary),
+                               atol=2e-5)
+    np.testing.assert_allclose(isab(x), mab_numpy(isab.broadcast, x, summary), atol=2e-5)
+    assert isab.summarise.b_key is None and isab.broadcast.b_key is not None
+
+
+def test_transformer_groups_in_field_order():
+    """Non-contiguous groups come back in field order: the layer equals each group's
+    block applied to its own fields."""
+    model = build(field_groups=[["x", "a"], ["b", "c", "y"]], se_reduction=1)
+    fields = model.embedding(batch()[0]).numpy()                       # (B, F, D): a b c x y
+    dgt = model.transformer
+    patterns, gates = dgt(fields, return_gates=True)
+    expected = np.zeros_like(fields)
+    for group, block in zip(dgt.groups, dgt.group_blocks[0]):
+        expected[:, group] = block(fields[:, group]).numpy()
+    expected = gates.numpy()[..., None] * expected
+    np.testing.assert_allclose(patterns.numpy(), fields + expected, rtol=1e-5, atol=1e-5)
+
+
+def test_xla_by_default_only_without_a_gradient_rule():
+    from keras_models.registry import jit_compile_setting
+    from keras_models.apem import APEM
+    from keras_models.shared_bottom import SharedBottom
+
+    assert build().jit_compile is True
+    assert build(gradient_rule="pcgrad").jit_compile is False
+    assert build(jit_compile="off").jit_compile is False
+    hp = SharedBottom.hparams_class.from_dict({})
+    assert jit_compile_setting(SharedBottom, hp) == "auto"       # Keras' rule: CPUs without XLA
+    with pytest.raises(ValueError, match="jit_compile 'on' does not work with gradient_rule 'htlnet'"):
+        build(jit_compile="on", gradient_rule="htlnet")
+    with pytest.raises(ValueError, match="jit_compile must be one of auto, on, off; got 'yes'"):
+        jit_compile_setting(APEM, APEM.hparams_class.from_dict({"jit_compile": "yes"}))
