@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -45,6 +44,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfx_pipeline.cli import MODEL_NAMES, OPEN_QUALITY_GATES  # noqa: E402
 from tfx_pipeline.compare import latest  # noqa: E402
+from tfx_pipeline.machine import cpu_description  # noqa: E402
 
 BATCH_SIZES = (1, 64, 256)
 TARGETS = {"in_process_b1_p99_ms": 2.0, "in_process_b256_examples_s": 100_000,
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
             process.wait(30)
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"# serving latency ({platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}; "
+    print(f"# serving latency ({cpu_description()}, TF {tf.__version__}; "
           f"{'TF Serving at ' + args.target if args.target else 'stand-in over loopback gRPC'}"
           f"{'; exported without XLA' if args.no_xla else ''})")
     print("| model | path | batch | p50 ms | p99 ms | examples/s |")
