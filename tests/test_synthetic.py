@@ -1,5 +1,6 @@
 """The synthetic funnel: requested rates, a consistent chain, one model for every draw size."""
 
+import pandas as pd
 import pytest
 
 from transform.datasets.synthetic import FunnelConfig, generate
@@ -66,3 +67,26 @@ def test_true_expectations_agree_with_the_draws(large):
     # A different world gives different truths for the same rows.
     other = true_expectations(large, FunnelConfig(seed=4, click_rate=0.1, conversion_rate=0.2))
     assert np.abs(other["click"] - truth["click"]).mean() > 0.02
+
+
+def test_large_tables_are_drawn_and_written_in_chunks(tmp_path, monkeypatch):
+    """Above GENERATE_CHUNK_ROWS rows the table comes in seeded chunks; write_csv writes
+    them one after another and reads back as generate's table. Up to that size the
+    rows are the single-chunk draw of before."""
+    from transform.datasets import synthetic
+
+    config = FunnelConfig(rows=250, seed=1)
+    whole = generate(config)
+    monkeypatch.setattr(synthetic, "GENERATE_CHUNK_ROWS", 100)
+    chunks = list(synthetic.generate_chunks(config))
+    assert [len(c) for c in chunks] == [100, 100, 50]
+    assert not chunks[0].equals(chunks[1].reset_index(drop=True))   # each chunk its own draw
+    chunked = generate(config)
+    assert len(chunked) == 250 and not chunked.equals(whole)
+    path = synthetic.write_csv(str(tmp_path / "funnel.csv"), config)
+    pd.testing.assert_frame_equal(pd.read_csv(path), chunked, check_dtype=False)
+    small = FunnelConfig(rows=100, seed=1)
+    monkeypatch.setattr(synthetic, "GENERATE_CHUNK_ROWS", 1_000_000)
+    single = generate(small)
+    monkeypatch.setattr(synthetic, "GENERATE_CHUNK_ROWS", 100)
+    pd.testing.assert_frame_equal(generate(small), single)

@@ -145,12 +145,31 @@ def _make_world(config: FunnelConfig) -> _World:
     return dataclasses.replace(world, click_intercept=click_b, conversion_intercept=conversion_b)
 
 
+GENERATE_CHUNK_ROWS = 1_000_000   # rows drawn at a time, so memory does not grow with `rows`
+
+
 def generate(config: FunnelConfig = FunnelConfig()) -> pd.DataFrame:
     """Returns `config.rows` impressions with features and the outcome chain."""
+    return pd.concat(list(generate_chunks(config)), ignore_index=True)
+
+
+def generate_chunks(config: FunnelConfig = FunnelConfig()):
+    """Yields the impressions of `generate(config)` as DataFrames of at most
+    GENERATE_CHUNK_ROWS rows. Up to that many rows there is one chunk, drawn from
+    the generator [sample_seed, 2]; above it chunk i is drawn from [sample_seed, 2, i],
+    so a large table never has to be in memory at once."""
     world = _make_world(config)
     sample_seed = config.seed if config.sample_seed is None else config.sample_seed
-    rng = np.random.default_rng([sample_seed, 2])
-    n = config.rows
+    if config.rows <= GENERATE_CHUNK_ROWS:
+        yield _sample(world, config, config.rows, np.random.default_rng([sample_seed, 2]))
+        return
+    for i, start in enumerate(range(0, config.rows, GENERATE_CHUNK_ROWS)):
+        n = min(GENERATE_CHUNK_ROWS, config.rows - start)
+        yield _sample(world, config, n, np.random.default_rng([sample_seed, 2, i]))
+
+
+def _sample(world: _World, config: FunnelConfig, n: int, rng) -> pd.DataFrame:
+    """n impressions drawn with `rng`: features, click, conversion and revenue."""
     rows = _draw(world, config, n, rng)
     click = rng.random(n) < _sigmoid(rows["click_logit"])
     conversion = click & (rng.random(n) < _sigmoid(rows["conversion_logit"]))
@@ -199,7 +218,9 @@ def true_expectations(frame: pd.DataFrame, config: FunnelConfig = FunnelConfig()
 
 
 def write_csv(path: str, config: FunnelConfig = FunnelConfig()) -> str:
-    generate(config).to_csv(path, index=False)
+    """Writes `generate(config)` to `path` chunk by chunk; returns `path`."""
+    for i, chunk in enumerate(generate_chunks(config)):
+        chunk.to_csv(path, index=False, mode="w" if i == 0 else "a", header=i == 0)
     return path
 
 
