@@ -56,7 +56,9 @@ class MultiheadAttentionBlock(keras.layers.Layer):
     """MAB(Q, K) = LN(A + relu(A W_f + b_f)), A = LN(Q + MHA(Q, K)) (Set Transformer).
 
     MHA has h heads of size k = d / h; head j uses columns j*k..(j+1)*k of W_q,
-    W_k, W_v (d, d) and the same rows of W_o (d, d):
+    W_k, W_v (d, d) and the same rows of W_o (d, d). The kernels are stored in
+    keras.layers.MultiHeadAttention's shapes, (d, h, k) and (h, k, d); the
+    w_query ... w_output properties are their (d, d) views.
         MHA(Q, K) = sum_j softmax_rows(Q_j K_j^T / sqrt(k)) V_j W_o^j + b_o,
         Q_j = Q W_q^j + b_q^j, K_j = K W_k^j + b_k^j, V_j = K W_v^j + b_v^j.
     Two entry points compute it with plain 2-D matmuls instead of per-head
@@ -114,7 +116,7 @@ class MultiheadAttentionBlock(keras.layers.Layer):
     def _value_output(self):
         """Per head j, W_v^j W_o^j stacked as (h, d, d), and the bias sum_j b_v^j W_o^j + b_o (d,)."""
         wv = ops.transpose(self.kernels["value"], (1, 0, 2))                    # (h, d, k)
-        return (ops.matmul(wv, self.kernels["output"]),                          # (h, k, d)
+        return (ops.matmul(wv, self.kernels["output"]),                          # (h, d, k) @ (h, k, d)
                 ops.matmul(self.b_value[None], self.w_output)[0] + self.b_output)
 
     def _finish(self, query, attended):
