@@ -57,8 +57,8 @@ class MultiheadAttentionBlock(keras.layers.Layer):
 
     MHA has h heads of size k = d / h; head j uses columns j*k..(j+1)*k of W_q,
     W_k, W_v (d, d) and the same rows of W_o (d, d). The kernels are stored in
-    keras.layers.MultiHeadAttention's shapes, (d, h, k) and (h, k, d); the
-    w_query ... w_output properties are their (d, d) views.
+    keras.layers.MultiHeadAttention's shapes, (d, h, k) and (h, k, d);
+    `kernel_matrix` gives their (d, d) views.
         MHA(Q, K) = sum_j softmax_rows(Q_j K_j^T / sqrt(k)) V_j W_o^j + b_o,
         Q_j = Q W_q^j + b_q^j, K_j = K W_k^j + b_k^j, V_j = K W_v^j + b_v^j.
     Two entry points compute it with plain 2-D matmuls instead of per-head
@@ -97,27 +97,15 @@ class MultiheadAttentionBlock(keras.layers.Layer):
             if layer is not None:
                 layer.build((None, self.dim))
 
-    @property
-    def w_query(self):
-        return ops.reshape(self.kernels["query"], (self.dim, self.dim))
-
-    @property
-    def w_key(self):
-        return ops.reshape(self.kernels["key"], (self.dim, self.dim))
-
-    @property
-    def w_value(self):
-        return ops.reshape(self.kernels["value"], (self.dim, self.dim))
-
-    @property
-    def w_output(self):
-        return ops.reshape(self.kernels["output"], (self.dim, self.dim))
+    def kernel_matrix(self, name: str):
+        """The (d, d) view of kernel `name` ("query", "key", "value" or "output")."""
+        return ops.reshape(self.kernels[name], (self.dim, self.dim))
 
     def _value_output(self):
-        """Per head j, W_v^j W_o^j stacked as (h, d, d), and the bias sum_j b_v^j W_o^j + b_o (d,)."""
+        """W_v^j W_o^j for each head j, stacked (h, d, d), and sum_j b_v^j W_o^j + b_o (d,)."""
         wv = ops.transpose(self.kernels["value"], (1, 0, 2))                    # (h, d, k)
-        return (ops.matmul(wv, self.kernels["output"]),                          # (h, d, k) @ (h, k, d)
-                ops.matmul(self.b_value[None], self.w_output)[0] + self.b_output)
+        return (ops.matmul(wv, self.kernels["output"]),                  # (h, d, k) @ (h, k, d)
+                ops.matmul(self.b_value[None], self.kernel_matrix("output"))[0] + self.b_output)
 
     def _finish(self, query, attended):
         a = query + attended
@@ -131,9 +119,9 @@ class MultiheadAttentionBlock(keras.layers.Layer):
         h, k, d = self.num_heads, self.head_dim, self.dim
         n, m = query.shape[1], key.shape[1]
         key_2d = ops.reshape(key, (-1, d))
-        q = ops.reshape(ops.matmul(ops.reshape(query, (-1, d)), self.w_query) + self.b_query,
-                        (-1, n, 1, h, k))
-        keys = ops.matmul(key_2d, self.w_key)
+        q = ops.matmul(ops.reshape(query, (-1, d)), self.kernel_matrix("query")) + self.b_query
+        q = ops.reshape(q, (-1, n, 1, h, k))
+        keys = ops.matmul(key_2d, self.kernel_matrix("key"))
         keys = ops.reshape(keys if self.b_key is None else keys + self.b_key, (-1, 1, m, h, k))
         weights = ops.softmax(ops.sum(q * keys, axis=-1) / math.sqrt(k), axis=2)  # (B, n, m, h)
         value_output, bias = self._value_output()
@@ -149,7 +137,7 @@ class MultiheadAttentionBlock(keras.layers.Layer):
         """points (m, d) shared by every row, key (B, n, d) -> (B, m, d)."""
         h, k, d = self.num_heads, self.head_dim, self.dim
         m, n = points.shape[0], key.shape[1]
-        q = ops.reshape(ops.matmul(points, self.w_query) + self.b_query, (m, h, k))
+        q = ops.reshape(ops.matmul(points, self.kernel_matrix("query")) + self.b_query, (m, h, k))
         # q_i^j . (x W_k^j + b_k^j): the b_k term is the same for every key, so softmax drops it.
         folded = ops.einsum("dhk,mhk->dmh", self.kernels["key"], q) / math.sqrt(k)
         scores = ops.matmul(ops.reshape(key, (-1, d)), ops.reshape(folded, (d, m * h)))
@@ -345,10 +333,12 @@ class PatternSelector(keras.layers.Layer):
     def call(self, p):
         weights, values = self.weights_and_values(p)
         flat = ops.reshape(p, (-1, self.num_fields * self.dim))
-        if self.mode == "gate":
-            chosen = ops.reshape(weights[..., None] * p[:, None], (-1, self.num_tasks, self.num_fields * self.dim))
+        if self.mode == "gate":   # g_t * P for all tasks at once: (B, T, F*d)
+            chosen = ops.reshape(weights[..., None] * p[:, None],
+                                 (-1, self.num_tasks, self.num_fields * self.dim))
         else:   # sum_f alpha_{t,h,f} V_{f,h}, all tasks at once: (B, T, d)
-            chosen = ops.reshape(ops.sum(weights[..., None] * ops.transpose(values, (0, 2, 1, 3))[:, None], axis=3),
+            by_head = ops.transpose(values, (0, 2, 1, 3))[:, None]             # (B, 1, H, F, k)
+            chosen = ops.reshape(ops.sum(weights[..., None] * by_head, axis=3),
                                  (-1, self.num_tasks, self.dim))
         return [ops.concatenate([chosen[:, t], flat], axis=-1) if self.skip else chosen[:, t]
                 for t in range(self.num_tasks)]

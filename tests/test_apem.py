@@ -143,8 +143,9 @@ def mab_numpy(block, query, key):
     """
     d, h = block.dim, block.num_heads
     k = d // h
-    w = {name: np.asarray(getattr(block, name)) for name in (
-        "w_query", "w_key", "w_value", "w_output", "b_query", "b_value", "b_output")}
+    w = {f"w_{name}": np.asarray(block.kernel_matrix(name))
+         for name in ("query", "key", "value", "output")}
+    w.update({name: np.asarray(getattr(block, name)) for name in ("b_query", "b_value", "b_output")})
     b_key = block.b_key.numpy() if block.b_key is not None else np.zeros(d, "float32")
     out = np.zeros(query.shape[:2] + (d,))
     for j in range(h):
