@@ -64,11 +64,9 @@ def write_rows(root: str, rows: int, path: str) -> int:
     """The run's raw eval examples, repeated until `rows`, as one TFRecord file."""
     import tensorflow as tf
 
-    from tfx_pipeline.results import imported_examples_uri
-    from tfx_pipeline.serving_warmup import read_split_records
+    from tfx_pipeline.results import imported_split_records
 
-    records = read_split_records(
-        imported_examples_uri(os.path.join(root, "metadata.sqlite")), "eval")
+    records = imported_split_records(root, "eval")
     with tf.io.TFRecordWriter(path) as writer:
         for i in range(rows):
             writer.write(records[i % len(records)])

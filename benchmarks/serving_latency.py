@@ -88,11 +88,9 @@ def export_models(root: str, models: list[str], out: str, xla: bool = True) -> N
 
 
 def eval_examples(root: str, count: int) -> list[bytes]:
-    from tfx_pipeline.results import imported_examples_uri
-    from tfx_pipeline.serving_warmup import read_split_records
+    from tfx_pipeline.results import imported_split_records
 
-    return read_split_records(imported_examples_uri(os.path.join(root, "metadata.sqlite")),
-                              "eval", count)
+    return imported_split_records(root, "eval", count)
 
 
 def summarise(seconds: list[float], batch: int) -> dict:

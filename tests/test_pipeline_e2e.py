@@ -297,11 +297,9 @@ def test_degraded_candidate_is_refused_and_not_pushed(synthetic_run):
 def eval_split(pipeline_root, split="eval"):
     """The eval split the Evaluator read (or another split): serialized examples and
     their parsed columns."""
-    from tfx_pipeline.results import imported_examples_uri
-    from tfx_pipeline.serving_warmup import read_split_records
+    from tfx_pipeline.results import imported_split_records
 
-    serialized = read_split_records(
-        imported_examples_uri(os.path.join(pipeline_root, "metadata.sqlite")), split)
+    serialized = imported_split_records(pipeline_root, split)
     columns = {}
     for record in serialized:
         example = tf.train.Example.FromString(record)

@@ -79,11 +79,9 @@ def load_raw_split(root: str, split: str, tft_output) -> tuple[dict, dict]:
 
     The raw values let the synthetic generator say what is true for each row."""
     from tfx_pipeline.oracle import numpy_column, parsed_batches
-    from tfx_pipeline.results import imported_examples_uri
-    from tfx_pipeline.serving_warmup import read_split_records
+    from tfx_pipeline.results import imported_split_records
 
-    records = read_split_records(imported_examples_uri(os.path.join(root, "metadata.sqlite")),
-                                 split)
+    records = imported_split_records(root, split)
     raw_spec = tft_output.raw_feature_spec()
     raw: dict[str, list] = {name: [] for name in raw_spec}
     transformed: dict[str, list] = {}

@@ -11,8 +11,6 @@ revenue's figure by 10 % and more (docs/evaluation.md).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 
@@ -34,11 +32,9 @@ def numpy_column(parts) -> np.ndarray:
 
 def read_raw_split(pipeline_root: str, split: str, raw_spec) -> dict[str, np.ndarray]:
     """One split of the run's imported raw examples as raw column -> (rows,)."""
-    from tfx_pipeline.results import imported_examples_uri
-    from tfx_pipeline.serving_warmup import read_split_records
+    from tfx_pipeline.results import imported_split_records
 
-    records = read_split_records(
-        imported_examples_uri(os.path.join(pipeline_root, "metadata.sqlite")), split)
+    records = imported_split_records(pipeline_root, split)
     parts: dict[str, list] = {name: [] for name in raw_spec}
     for parsed in parsed_batches(records, raw_spec):
         for name, value in parsed.items():

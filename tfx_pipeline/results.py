@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 from ml_metadata.metadata_store import metadata_store
@@ -45,6 +46,15 @@ def imported_examples_uri(metadata_path: str) -> str:
     if not events:
         raise FileNotFoundError(f"no imported Examples recorded in {metadata_path}")
     return external[max(events, key=lambda event: event.execution_id).artifact_id].uri
+
+
+def imported_split_records(pipeline_root: str, split: str, limit: int | None = None) -> list[bytes]:
+    """Serialized raw examples of one split of the latest run under `pipeline_root`
+    (the Examples its Importer registered); the first `limit`, or all."""
+    from tfx_pipeline.serving_warmup import read_split_records
+
+    metadata_path = os.path.join(pipeline_root, "metadata.sqlite")
+    return read_split_records(imported_examples_uri(metadata_path), split, limit)
 
 
 def _int_property(artifact, name: str) -> int | None:
