@@ -21,6 +21,7 @@ time lost to dispatch and input shows up.
 
     scripts/run python benchmarks/train_throughput.py [--models shared_bottom,mmoe] [--steps 200]
         [--repeats 5] [--runs 1] [--intra-op-threads N] [--inter-op-threads N]
+        [--jit-compile auto|on|off]
 
 With --runs N the whole table is measured N times in a row (the goals must hold
 in every run) and a last line says in how many runs each goal held.
@@ -96,11 +97,15 @@ class StepTimes(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def measure(key: str, steps: int, repeats: int, data, values, min_epoch_s: float = 0.0) -> dict:
+def measure(key: str, steps: int, repeats: int, data, values, min_epoch_s: float = 0.0,
+            jit_compile: str | None = None) -> dict:
     """Median examples/s, spread and time outside the steps over `repeats` epochs of at
-    least `steps` steps and `min_epoch_s` seconds."""
+    least `steps` steps and `min_epoch_s` seconds; `jit_compile` overrides the model's
+    hyper-parameter of that name."""
     name, hparams = CONFIGS[key]
     keras.utils.set_random_seed(0)
+    if jit_compile:
+        hparams = {**hparams, "jit_compile": jit_compile}
     model = registry.build(name, InputLayout(CATEGORICAL, NUMERIC), TASKS, {**BASE, **hparams})
     model.adapt_target(values)
     steps_timer = StepTimes()
@@ -132,13 +137,13 @@ def target(key: str) -> float | None:
 
 
 def run_table(models: list[str], steps: int, repeats: int, data, values,
-              min_epoch_s: float = 0.0) -> dict:
+              min_epoch_s: float = 0.0, jit_compile: str | None = None) -> dict:
     """One run: every model measured and printed; the results by model."""
     results = {}
     print(f"{'model':<22}{'examples/s':>12}{'spread':>8}{'step ms':>9}{'steps':>7}{'outside':>9}"
           f"{'target':>10}  verdict")
     for key in models:
-        result = measure(key, steps, repeats, data, values, min_epoch_s)
+        result = measure(key, steps, repeats, data, values, min_epoch_s, jit_compile)
         results[key] = result
         rate = result["examples_per_s"]
         goal = target(key)
@@ -203,8 +208,19 @@ def main(argv=None):
                         help="TensorFlow's intra-op pool size (default: TensorFlow's choice)")
     parser.add_argument("--inter-op-threads", type=int,
                         help="TensorFlow's inter-op pool size (default: TensorFlow's choice)")
+    parser.add_argument("--jit-compile", choices=("auto", "on", "off"),
+                        help="XLA for every model (default: each model's own jit_compile)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    for key in args.models.split(","):   # refused before any measuring, in one line
+        if key not in CONFIGS:
+            parser.error(f"unknown model {key!r}; choose from {', '.join(CONFIGS)}")
+        name, hparams = CONFIGS[key]
+        try:
+            registry.check_fits(name, TASKS, {**hparams, **(
+                {"jit_compile": args.jit_compile} if args.jit_compile else {})})
+        except ValueError as error:
+            parser.error(f"{key}: {error}")
     if args.intra_op_threads or args.inter_op_threads:
         configure_tensorflow_threads(args.intra_op_threads, args.inter_op_threads)
     data, values = make_data(batches=64)
@@ -219,7 +235,7 @@ def main(argv=None):
         if args.runs > 1:
             print(f"run {run + 1} of {args.runs}")
         runs.append(run_table(args.models.split(","), args.steps, args.repeats, data, values,
-                              args.min_epoch_seconds))
+                              args.min_epoch_seconds, args.jit_compile))
         control = {threads: machine_spread(threads) for threads in (1, 2)}
         runs[-1]["machine_spread"] = control
         print(f"control: the same NumPy matrix-product loop timed 5 times has spread "
