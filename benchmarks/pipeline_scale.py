@@ -3,13 +3,16 @@
 For each size in --rows, the whole pipeline runs on the synthetic funnel through
 the real CLI (`python -m tfx_pipeline run`, LocalDagRunner, Beam's DirectRunner
 as `run` chooses it or as --beam-args say) in a child process. For each size in
---transform-rows, only ImportExamples -> ImportSchemaGen -> Transform runs, in one process
-(the schema is the one SchemaGen inferred in the largest full run). Stages:
+--transform-rows, only ImportExamples -> ImportSchemaGen -> Transform runs, with the
+same Beam arguments (the schema is the one SchemaGen inferred in the largest full
+run). Stages:
 start-up (Python, TensorFlow imports) with generating the CSV, checking and
 converting it (ingest), then each component.
 
 Memory is the resident set size of the child and all its descendants, sampled
-every 0.2 s; a stage's peak is the highest sample while it ran. The Trainer's
+every 0.2 s; a stage's peak is the highest sample while it ran. The child's own
+peak (the runner, which holds Beam's data between stages) and the largest other
+process's (a Beam worker) are reported beside it. The Trainer's
 cost is set by --train-steps (default 1000 steps of 256 rows), not by the row
 count; the Evaluator reads the whole eval split (20 % of the rows).
 
@@ -37,6 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tfx_pipeline.cli import OPEN_QUALITY_GATES  # noqa: E402
+from tfx_pipeline.machine import cpu_description  # noqa: E402
 
 _START = re.compile(r"^\[\d+/\d+\] (\S+) \.\.\.$")
 _DONE = re.compile(r"^\[\d+/\d+\] (\S+) done in ")
@@ -45,40 +49,52 @@ _CHECKED = re.compile(r"rows passed the checks")
 
 
 class MemorySampler(threading.Thread):
-    """Samples the RSS of a process tree; `peak(since, until)` over a time window."""
+    """Samples the RSS of a process tree: the whole tree, the root process (the
+    runner, where Beam's DirectRunner keeps data between stages) and the largest
+    other process (a Beam worker). `peak(since, until, part)` over a time window."""
+
+    PARTS = ("total", "runner", "largest_worker")
 
     def __init__(self, pid: int, interval: float = 0.2):
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
         self.interval = interval
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, dict]] = []
         self.stopped = threading.Event()
 
     def run(self):
         while not self.stopped.is_set():
             try:
-                tree = [self.process] + self.process.children(recursive=True)
-                rss = 0
-                for member in tree:
+                runner = self.process.memory_info().rss
+                others = []
+                for member in self.process.children(recursive=True):
                     try:
-                        rss += member.memory_info().rss
+                        others.append(member.memory_info().rss)
                     except psutil.Error:
                         pass
-                self.samples.append((time.monotonic(), rss))
             except psutil.Error:
                 return
+            self.samples.append((time.monotonic(), {
+                "total": runner + sum(others), "runner": runner,
+                "largest_worker": max(others, default=0)}))
             self.stopped.wait(self.interval)
 
-    def peak(self, since: float, until: float) -> int:
-        """Highest sample in the window, counting the last sample before it (a stage
-        shorter than the interval may have none of its own)."""
-        before = [rss for t, rss in self.samples if t < since][-1:]
-        return max(before + [rss for t, rss in self.samples if since <= t <= until], default=0)
+    def peak(self, since: float, until: float, part: str = "total") -> int:
+        """Highest sample of `part` in the window, counting the last sample before it
+        (a stage shorter than the interval may have none of its own)."""
+        before = [rss[part] for t, rss in self.samples if t < since][-1:]
+        return max(before + [rss[part] for t, rss in self.samples if since <= t <= until],
+                   default=0)
+
+    def peaks_mb(self, since: float, until: float) -> dict:
+        return {f"peak_{part}_mb": round(self.peak(since, until, part) / 2**20)
+                for part in self.PARTS}
 
 
 def run_measured(command: list[str], log_path: str) -> list[dict]:
     """Runs `command`, splitting its wall time into stages from the progress lines on
-    stderr; returns [{stage, seconds, peak_rss_mb}] in order."""
+    stderr; returns [{stage, seconds, peak_total_mb, peak_runner_mb,
+    peak_largest_worker_mb}] in order."""
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -114,9 +130,9 @@ def run_measured(command: list[str], log_path: str) -> list[dict]:
         if name == "(between stages)" and until - since < 1.0:
             continue
         stages.append({"stage": name, "seconds": round(until - since, 1),
-                       "peak_rss_mb": round(sampler.peak(since, until) / 2**20)})
+                       **sampler.peaks_mb(since, until)})
     stages.append({"stage": "total", "seconds": round(ended - started, 1),
-                   "peak_rss_mb": round(sampler.peak(started, ended) / 2**20)})
+                   **sampler.peaks_mb(started, ended)})
     return stages
 
 
@@ -130,18 +146,20 @@ def full_run(rows: int, work_dir: str, train_steps: int, beam_args: str = "") ->
     return run_measured(command, os.path.join(work_dir, f"full-{rows}.log"))
 
 
-def transform_run(rows: int, work_dir: str, schema: str) -> list[dict]:
+def transform_run(rows: int, work_dir: str, schema: str, beam_args: str = "") -> list[dict]:
     command = [sys.executable, os.path.abspath(__file__), "--transform-child", str(rows),
-               "--work-dir", work_dir, "--schema", schema]
+               "--work-dir", work_dir, "--schema", schema, f"--beam-args={beam_args}"]
     return run_measured(command, os.path.join(work_dir, f"transform-{rows}.log"))
 
 
-def transform_child(rows: int, work_dir: str, schema: str) -> None:
+def transform_child(rows: int, work_dir: str, schema: str, beam_args: str = "") -> None:
     """In the child: the CSV, the ingest, then ImportExamples -> ImportSchemaGen -> Transform."""
     from tfx import v1 as tfx
 
     from tfx_pipeline import progress
-    from tfx_pipeline.pipeline import PREPROCESSING_FN, import_examples
+    from tfx_pipeline.cli import local_beam_args
+    from tfx_pipeline.machine import usable_cpus
+    from tfx_pipeline.pipeline import import_examples, transform_component
     from transform import datasets
     from transform.ingest import ingest_csv, require_every_split
 
@@ -154,23 +172,24 @@ def transform_child(rows: int, work_dir: str, schema: str) -> None:
     require_every_split(ingested, source.spec)
     importer = import_examples(ingested.examples_uri)
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema)
-    transform = tfx.components.Transform(
-        examples=importer.outputs["result"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, custom_config={"spec": source.spec.to_json()})
+    transform = transform_component(importer.outputs["result"], schema_gen.outputs["schema"],
+                                    source.spec)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="funnel-transform-scale", pipeline_root=root,
         components=[importer, schema_gen, transform], enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            os.path.join(root, "metadata.sqlite")))
+            os.path.join(root, "metadata.sqlite")),
+        beam_pipeline_args=list(local_beam_args(beam_args, rows, usable_cpus())))
     progress.attach(total=3)
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
 def print_table(title: str, stages: list[dict]) -> None:
     print(f"\n{title}")
-    print(f"  {'stage':<40}{'seconds':>10}{'peak RSS MB':>14}")
+    print(f"  {'stage':<40}{'seconds':>10}{'peak RSS MB':>14}{'runner MB':>12}{'worker MB':>12}")
     for stage in stages:
-        print(f"  {stage['stage']:<40}{stage['seconds']:>10.1f}{stage['peak_rss_mb']:>14}")
+        print(f"  {stage['stage']:<40}{stage['seconds']:>10.1f}{stage['peak_total_mb']:>14}"
+              f"{stage['peak_runner_mb']:>12}{stage['peak_largest_worker_mb']:>12}")
 
 
 def main(argv=None) -> int:
@@ -189,13 +208,15 @@ def main(argv=None) -> int:
     parser.add_argument("--schema", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.transform_child:
-        transform_child(args.transform_child, args.work_dir, args.schema)
+        transform_child(args.transform_child, args.work_dir, args.schema, args.beam_args)
         return 0
 
     os.makedirs(args.work_dir, exist_ok=True)
     full_sizes = [int(n) for n in args.rows.split(",") if n]
     transform_sizes = [int(n) for n in args.transform_rows.split(",") if n]
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+    print(f"# pipeline scale on {cpu_description()}", flush=True)
+    results = {"machine": {"cpu": cpu_description(), "cpus": os.cpu_count(),
+                           "python": platform.python_version(),
                            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
                "train_steps": args.train_steps, "beam_args": args.beam_args,
                "full": {}, "transform_only": {}}
@@ -208,7 +229,8 @@ def main(argv=None) -> int:
         schemas = glob.glob(os.path.join(args.work_dir, f"full-{max(full_sizes)}", "SchemaGen",
                                          "schema", "*", "schema.pbtxt"))
         for rows in transform_sizes:
-            results["transform_only"][rows] = transform_run(rows, args.work_dir, max(schemas))
+            results["transform_only"][rows] = transform_run(rows, args.work_dir, max(schemas),
+                                                            args.beam_args)
             print_table(f"Transform only, {rows:,} rows", results["transform_only"][rows])
     if args.output:
         with open(args.output, "w") as handle:

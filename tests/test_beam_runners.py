@@ -58,3 +58,18 @@ def test_beam_args_without_a_value_is_still_an_error():
     assert join_beam_args(["run", "--beam-args"]) == ["run", "--beam-args"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(join_beam_args(["run", "--beam-args"]))
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_transform_computes_its_own_statistics_only_when_asked(asked, tmp_path):
+    """Transform's statistics repeat StatisticsGen's and, on the DirectRunner, hold every
+    transformed row in the runner's memory (docs/scale.md); they are off by default."""
+    from tfx_pipeline.pipeline import PipelineConfig, create_components
+    from transform.datasets import spec_for
+
+    options = {"transform_statistics": True} if asked else {}
+    config = PipelineConfig(pipeline_name="p", pipeline_root=str(tmp_path),
+                            examples_dir=str(tmp_path / "examples"), spec=spec_for("synthetic"),
+                            model_name="mmoe", serving_dir=str(tmp_path / "serving"), **options)
+    transform = next(c for c in create_components(config) if c.id == "Transform")
+    assert transform.exec_properties["disable_statistics"] == int(not asked)

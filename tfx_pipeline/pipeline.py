@@ -63,6 +63,11 @@ class PipelineConfig:
     beam_args: Sequence[str] = ()
     code_fingerprint: str = ""   # part of custom_config so code changes invalidate the cache
     schema_path: str | None = None  # a curated schema.pbtxt; None infers one with SchemaGen
+    # Transform's own statistics: pre-transform (what StatisticsGen already computed)
+    # and post-transform with anomalies. Off by default: on Beam's DirectRunner the
+    # post-transform branch keeps every transformed row in the runner's memory
+    # (8.7 GB at 10M rows; docs/scale.md). Worth turning on with a distributed runner.
+    transform_statistics: bool = False
 
     @property
     def metadata_path(self) -> str:
@@ -91,6 +96,19 @@ def import_examples(examples_dir) -> tfx.dsl.Importer:
         custom_properties=dict(EXAMPLES_CUSTOM_PROPERTIES)).with_id(EXAMPLES_IMPORTER)
 
 
+def transform_component(examples, schema, spec: DatasetSpec, code_fingerprint: str = "",
+                        statistics: bool = False) -> tfx.components.Transform:
+    """tf.Transform over `examples` with the project's preprocessing_fn.
+
+    `statistics` turns on Transform's own pre- and post-transform statistics
+    (PipelineConfig.transform_statistics says why they are off by default).
+    """
+    return tfx.components.Transform(
+        examples=examples, schema=schema, preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"spec": spec.to_json(), "code": code_fingerprint},
+        disable_statistics=not statistics)
+
+
 def create_components(config: PipelineConfig) -> list:
     spec_json = config.spec.to_json()
     importer = import_examples(config.examples_dir)
@@ -104,10 +122,8 @@ def create_components(config: PipelineConfig) -> list:
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
-    transform = tfx.components.Transform(
-        examples=examples, schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"spec": spec_json, "code": config.code_fingerprint})
+    transform = transform_component(examples, schema_gen.outputs["schema"], config.spec,
+                                    config.code_fingerprint, config.transform_statistics)
     transform.add_upstream_node(gate)
     trainer = ModelTrainer(
         run_fn=RUN_FN,
