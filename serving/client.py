@@ -44,6 +44,8 @@ _HINTS = {
     grpc.StatusCode.UNAVAILABLE: "is the server running and reachable at this address?",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the server did not answer in time; raise --timeout "
                                        "or send smaller batches",
+    grpc.StatusCode.INTERNAL: "the server or the model failed, not the request; the "
+                              "server's log has the details",
 }
 
 

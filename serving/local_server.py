@@ -11,9 +11,13 @@ protos and services (tensorflow_serving.apis):
   ModelService       GetModelStatus
 
 It watches each base path and loads new versions without a restart, replays
-their warmup requests first, and reports errors with TF Serving's status
-codes (NOT_FOUND for an unknown model or version, INVALID_ARGUMENT for bad
-inputs, FAILED_PRECONDITION for an unknown signature). It is not a
+their warmup requests first, keeps the last good version serving when a new
+one fails to load (GetModelStatus reports the failure), and reports errors
+with TF Serving's status codes: NOT_FOUND for an unknown model or version,
+INVALID_ARGUMENT for a request that does not fit the signature (checked
+before the model runs, serving/validation.py), FAILED_PRECONDITION for an
+unknown Predict signature, and INTERNAL, with the traceback in the server's
+log only, for anything that fails inside the server or the model. It is not a
 performance stand-in: there is no server-side batching and no GPU. SIGINT or
 SIGTERM stops it after in-flight calls finish.
 """
@@ -30,7 +34,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
+from google.protobuf import message, text_format
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
@@ -39,17 +43,11 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import warmup as warmup_requests
 from serving.export import CLASSIFY_METHOD, REGRESS_METHOD, SERVING_SIGNATURE
 from serving.servables import LoadedVersion, ModelVersions, ServableNotFound, Watcher
+from serving.validation import (DEFAULT_MAX_BATCH_SIZE, RequestError, check_input_names,
+                                decode_input, serialized_examples)
 
 log = logging.getLogger("serving.local_server")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
-
-class RequestError(Exception):
-    """An error to return with a gRPC status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def _resolve(watcher: Watcher, model_spec) -> LoadedVersion:
@@ -61,15 +59,27 @@ def _resolve(watcher: Watcher, model_spec) -> LoadedVersion:
         raise RequestError(grpc.StatusCode.NOT_FOUND, str(error)) from None
 
 
+_METHOD_KINDS = {CLASSIFY_METHOD: "classification", REGRESS_METHOD: "regression"}
+
+
 def _signature(loaded: LoadedVersion, name: str, method: str | None = None):
+    """(name, SignatureDef, function) of a signature, refused as TF Serving refuses it.
+
+    An unknown name is FAILED_PRECONDITION for Predict (no `method`) and
+    INVALID_ARGUMENT for Classify and Regress, as TF Serving answers them.
+    """
     name = name or SERVING_SIGNATURE
     if name not in loaded.signature_defs:
+        if method:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"No signature was found with the name: {name}")
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                            f'Serving signature key "{name}" not found.')
     actual = loaded.signature_defs[name].method_name
     if method and actual != method:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"Expected {method} signature method_name. Was: {actual}")
+                           f"Expected {_METHOD_KINDS[method]} signature method_name to be "
+                           f"{method}. Was: {actual}")
     return name, loaded.signature_defs[name], loaded.functions[name]
 
 
@@ -84,27 +94,16 @@ def _tf_message(error: Exception) -> str:
 
 
 def _call(function, inputs: dict):
-    """Runs a signature; TF's own errors come back as INVALID_ARGUMENT with TF's message."""
+    """Runs a signature on checked inputs.
+
+    TensorFlow's InvalidArgumentError (the graph refusing the data, e.g. bytes that
+    do not parse as tf.Examples) comes back as INVALID_ARGUMENT with TF's message, as
+    TF Serving passes it on; any other error is the server's (INTERNAL, in _answer).
+    """
     try:
         return {k: v.numpy() for k, v in function(**inputs).items()}
-    except (tf.errors.InvalidArgumentError, TypeError, ValueError) as error:
+    except tf.errors.InvalidArgumentError as error:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, _tf_message(error)) from None
-
-
-def _serialized_examples(request_input) -> list[bytes]:
-    """tf.Examples of a Classify/Regress `Input`; a context is merged into every example."""
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        return [e.SerializeToString() for e in request_input.example_list.examples]
-    if kind == "example_list_with_context":
-        merged = []
-        for example in request_input.example_list_with_context.examples:
-            combined = tf.train.Example()
-            combined.CopyFrom(request_input.example_list_with_context.context)
-            combined.MergeFrom(example)
-            merged.append(combined.SerializeToString())
-        return merged
-    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
 
 
 def _fill_model_spec(spec, request, loaded: LoadedVersion, signature: str | None = None) -> None:
@@ -116,29 +115,16 @@ def _fill_model_spec(spec, request, loaded: LoadedVersion, signature: str | None
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, watcher: Watcher):
+    def __init__(self, watcher: Watcher, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
         self.watcher = watcher
+        self.max_batch_size = max_batch_size
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         loaded = _resolve(self.watcher, request.model_spec)
         name, definition, function = _signature(loaded, request.model_spec.signature_name)
-        expected = set(definition.inputs)
-        if set(request.inputs) != expected:
-            unknown = sorted(set(request.inputs) - expected)
-            detail = (f"input tensor alias not found in signature: {', '.join(unknown)}."
-                      if unknown else
-                      f"input size does not match signature: {len(request.inputs)}!="
-                      f"{len(expected)}.")
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{detail} Inputs expected to be in the set "
-                               f"{{{','.join(sorted(expected))}}}.")
-        inputs = {}
-        for key, proto in request.inputs.items():
-            try:
-                inputs[key] = tf.constant(tf.make_ndarray(proto))
-            except Exception as error:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input '{key}' is not a valid TensorProto: {error}") from None
+        check_input_names(definition.inputs, request.inputs)
+        inputs = {key: decode_input(key, proto, definition.inputs[key], self.max_batch_size)
+                  for key, proto in request.inputs.items()}
         outputs = _call(function, inputs)
         wanted = list(request.output_filter) or list(outputs)
         missing = [k for k in wanted if k not in outputs]
@@ -155,7 +141,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Classify/Regress: runs the signature on the request's tf.Examples."""
         loaded = _resolve(self.watcher, request.model_spec)
         name, _, function = _signature(loaded, request.model_spec.signature_name, method)
-        outputs = _call(function, {"inputs": tf.constant(_serialized_examples(request.input))})
+        examples = serialized_examples(request.input, self.max_batch_size)
+        outputs = _call(function, {"inputs": tf.constant(examples, tf.string)})
         _fill_model_spec(response.model_spec, request, loaded, name)
         return outputs
 
@@ -222,12 +209,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                                    f"Could not find version {version} of model "
                                    f"{request.model_spec.name}")
         response = get_model_status_pb2.GetModelStatusResponse()
-        for version, state, error in states:
+        for version, state, code, error in states:
             entry = response.model_version_status.add(
                 version=version, state=get_model_status_pb2.ModelVersionStatus.State.Value(state))
-            if error:
-                entry.status.error_code = 3   # INVALID_ARGUMENT, as TF Serving reports load errors
-                entry.status.error_message = error
+            entry.status.error_code = code        # the load's own error code, as TF Serving's
+            entry.status.error_message = error
         return response
 
     def GetModelStatus(self, request, context):
@@ -235,10 +221,57 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def _answer(context, handler, request):
+    """The handler's response; a RequestError's status code, or INTERNAL for anything else
+    (its traceback logged here, the caller told only that the server failed)."""
     try:
         return handler(request)
     except RequestError as error:
-        context.abort(error.code, str(error))
+        code, details = error.code, str(error)
+    except Exception:   # a fault in the server or the model, never the caller's
+        log.exception("internal error answering %s for model %r", handler.__name__,
+                      request.model_spec.name)
+        code, details = grpc.StatusCode.INTERNAL, (
+            f"Internal error in the server while answering {handler.__name__} for model "
+            f"'{request.model_spec.name}'; the server's log has the details.")
+    context.abort(code, details)
+
+
+class _Unparseable:
+    """A request whose bytes did not parse as its proto."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class RefuseUnparseableRequests(grpc.ServerInterceptor):
+    """Answers a request that does not parse as its proto with INVALID_ARGUMENT.
+
+    Without this, gRPC answers INTERNAL ("Exception deserializing request!") before
+    any servicer sees the request, and a caller's malformed bytes look like a
+    server fault. Applies to unary-unary methods, which are all this server has.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, run, method = (handler.request_deserializer, handler.unary_unary,
+                              handler_call_details.method)
+
+        def tolerant_parse(data: bytes):
+            try:
+                return parse(data)
+            except message.DecodeError as error:
+                return _Unparseable(error)
+
+        def guarded_run(request, context):
+            if isinstance(request, _Unparseable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"Could not parse the {method} request: {request.error}")
+            return run(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(guarded_run, tolerant_parse,
+                                                   handler.response_serializer)
 
 
 def replay_warmup(loaded: LoadedVersion) -> None:
@@ -256,8 +289,16 @@ def replay_warmup(loaded: LoadedVersion) -> None:
         else:
             method = CLASSIFY_METHOD if kind == "classify_log" else REGRESS_METHOD
             _, _, function = _signature(loaded, request.model_spec.signature_name, method)
-            _call(function, {"inputs": tf.constant(_serialized_examples(request.input))})
+            examples = serialized_examples(request.input, max_batch_size=sys.maxsize)
+            _call(function, {"inputs": tf.constant(examples, tf.string)})
     log.info("replayed %d warmup requests for version %d", len(logs), loaded.version)
+
+
+def prepare_version(loaded: LoadedVersion) -> None:
+    """Refuses a version without the default signature, then replays its warmup requests
+    (a ModelVersions warmup: what it raises makes the load fail)."""
+    _signature(loaded, SERVING_SIGNATURE)
+    replay_warmup(loaded)
 
 
 def model_configs(args) -> list[model_server_config_pb2.ModelConfig]:
@@ -275,14 +316,17 @@ class LocalServer:
     """The gRPC server, its watcher and services; start(), then stop()."""
 
     def __init__(self, configs, port: int = 0, host: str = "127.0.0.1",
-                 poll_seconds: float = 1.0, workers: int = 8, tls: tuple[bytes, bytes] | None = None):
-        """`tls`: (PEM private key, PEM certificate chain) to serve over TLS; None for plain text."""
+                 poll_seconds: float = 1.0, workers: int = 8, tls: tuple[bytes, bytes] | None = None,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+        """`tls`: (PEM private key, PEM certificate chain) to serve over TLS; None for plain text.
+        `max_batch_size`: the most rows a request may have (more is INVALID_ARGUMENT)."""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-        self.watcher = Watcher([ModelVersions(c, replay_warmup) for c in configs], poll_seconds)
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            interceptors=[RefuseUnparseableRequests()])
+        self.watcher = Watcher([ModelVersions(c, prepare_version) for c in configs], poll_seconds)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.watcher), self.server)
+            PredictionService(self.watcher, max_batch_size), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.watcher),
                                                                   self.server)
         if tls:
@@ -311,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0)
+    parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                        help="the most rows a request may have; more is INVALID_ARGUMENT "
+                             "(default %(default)s)")
     parser.add_argument("--ssl-key-file", help="PEM private key: serve over TLS")
     parser.add_argument("--ssl-cert-file", help="PEM certificate chain for --ssl-key-file")
     return parser
@@ -326,7 +373,8 @@ def main(argv=None) -> int:
         with open(args.ssl_key_file, "rb") as key, open(args.ssl_cert_file, "rb") as cert:
             tls = (key.read(), cert.read())
     server = LocalServer(model_configs(args), args.port, args.host,
-                         args.file_system_poll_wait_seconds, tls=tls).start()
+                         args.file_system_poll_wait_seconds, tls=tls,
+                         max_batch_size=args.max_batch_size).start()
     print(f"serving on {server.address}", flush=True)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
