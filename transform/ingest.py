@@ -1,26 +1,67 @@
 """Input checks and conversion of a CSV file into typed tf.Example records.
 
-Every row is checked against the dataset spec before anything trains:
+Reading. The file is UTF-8 text (a byte-order mark before the header is
+allowed), optionally compressed (.gz, .bz2, .xz), with a header row and comma
+separated fields; LF, CRLF and CR line ends are all accepted, and a field in
+double quotes may hold commas, quotes ("" inside quotes) and line breaks. These
+stop the ingest with `DataValidationError`, whatever `bad_rows` says, because
+no row of such a file can be trusted:
 
-  missing_value      an empty cell in a required column
-  unparsable_number  a cell that does not parse as the column's number type
+  an empty file, or a header without data rows
+  bytes that are not UTF-8, or a NUL byte (binary data)
+  a physical line longer than MAX_LINE_BYTES (1 MiB)
+  a duplicate name in the header (checked before any row is read)
+  a column the spec needs missing from the header
+  a row with more or fewer fields than the header, or a quote never closed
+
+A blank line (or one of only spaces) is not a row: it is skipped and counted
+(`blank_lines`, logged). A header column the spec does not use is ignored, with
+a one-line note naming it.
+
+Line numbers are physical lines of the file: the header starts at line 1, and a
+row is numbered by the line it starts on, so a quoted field with line breaks
+moves every later row's number down by the breaks it holds.
+
+Checks. Every row is then checked against the dataset spec; a cell's text is
+stripped of surrounding white space first. Reasons a row is bad:
+
+  missing_value      an empty cell in a required column; in number columns also
+                     the spellings NA, N/A, null and None (any case)
+  unparsable_number  a cell that is not a number (ASCII digits, optional sign,
+                     decimal point and exponent: 12, -0.5, 1e3, .5) or, in an
+                     integer column, a number with a fraction
+  out_of_range       a number too large for the column's type: float32 for
+                     numeric features and the core target (1e308 is finite as
+                     float64 but not as float32), int64 for integer tokens
+                     (beyond +-2**53 these must be written as plain digits)
   non_binary_label   a chain step that is not 0 or 1
-  chain_violation    a step that is 1 while the previous step is 0, or (for a
-                     gated core target) a non-zero target after a 0 last step
-  negative_target    a continuous core target below zero
-  non_finite         NaN or infinity in a numeric feature or the core target
+  chain_violation    a step that is 1 while a valid previous step is 0, or (for a
+                     gated core target) a non-zero target after a valid 0 last step
+  negative_target    a finite continuous core target below zero
+  non_finite         nan or inf (any case, optional sign, also "infinity") in a
+                     number column
+
+In a string column every non-empty cell is a token, NA, null and nan included;
+an empty one is a missing_value. -0.0 is a valid number. A problem is reported
+in the cell that has it only: a bad step does not also make the next step a
+chain_violation.
 
 With `bad_rows="error"` (the default) the first problem raises
 `DataValidationError` naming the file, line and column, with the count of every
 problem found. With `bad_rows="reject"` the bad rows are written, unchanged and
 with their line numbers and reasons, to a rejects CSV, and the per-reason counts
-are returned; the remaining rows are converted. Nothing is dropped silently.
+are returned; the remaining rows are converted. Nothing is dropped silently:
+rows read == rows written + rows rejected.
 
-Line numbers count the header as line 1, so the first data row is line 2.
+Duplicates. The split hashes the whole row, so exact duplicate rows always land
+in the same split. Ingest counts written rows equal to an earlier written row
+(`duplicate_rows`, by a 64-bit digest per distinct row: 8 bytes each) and, when
+they are more than DUPLICATE_WARN_SHARE of the rows and the spec splits by whole
+row, logs one warning advising `split.partition_column`.
 
 `ingest_csv` reads the file in chunks of `CHUNK_ROWS` rows, so its memory does
-not grow with the file. In error mode it stops at the first chunk with a
-problem; the counts in the message are that chunk's.
+not grow with the file (beyond the digests). In error mode it stops at the first
+chunk with a problem; the counts in the message are that chunk's.
 
 It writes the good rows already split into train and eval, in the layout of a
 TFX Examples artifact, so the pipeline registers the directory as its Examples
@@ -29,7 +70,8 @@ with an Importer instead of copying it through an ExampleGen:
   <staging root>/<spec name>-<fingerprint>/
     examples/Split-train/data-NNNNN.tfrecord.gz   one GZIP shard per chunk and split
     examples/Split-eval/data-NNNNN.tfrecord.gz
-    summary.json                                  rows read, written, per split
+    summary.json                                  rows read, written, per split,
+                                                  duplicate rows, blank lines
     rejects.csv                                   with --bad-rows reject (unless given)
 
 The split is ExampleGen's hash split (`SplitRule`), so a row lands in the split
@@ -39,13 +81,21 @@ seeded random order, standing in for the shuffle ExampleGen does while it writes
 
 from __future__ import annotations
 
+import bz2
 import collections
+import csv
 import dataclasses
+import gzip
 import hashlib
+import io
+import itertools
 import json
+import lzma
+import math
 import os
+import re
 import shutil
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -57,12 +107,22 @@ BAD_ROW_MODES = ("error", "reject")
 # Bump when the written record layout changes, so staged data is rebuilt.
 # 2: one shard per chunk (data-NNNNN.tfrecord.gz)
 # 3: shards split into examples/Split-train and examples/Split-eval, shuffled per chunk
-_RECORD_LAYOUT_VERSION = "3"
+# 4: physical line numbers, out_of_range, stricter parsing; summary counts duplicates
+_RECORD_LAYOUT_VERSION = "4"
 CHUNK_ROWS = 250_000           # rows read, checked and written at a time
 _ENCODE_ROWS = 65536           # rows per Arrow batch when encoding tf.Examples
 SPLIT_NAMES = ("train", "eval")  # the Examples artifact's splits, in this order
 HASH_BUCKETS = 100             # ExampleGen's buckets: train 100 - eval_percent, eval eval_percent
 EXAMPLES_SUBDIR = "examples"   # the Examples artifact's directory inside an ingest directory
+MAX_LINE_BYTES = 1 << 20       # longest physical line accepted (also the scan's block size)
+DUPLICATE_WARN_SHARE = 0.01    # warn when more than this share of written rows are duplicates
+MISSING_SPELLINGS = frozenset({"", "na", "n/a", "null", "none"})  # lower-cased, in number columns
+_INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
+_EXACT_FLOAT_INT = float(1 << 53)   # integers written as floats must stay below this
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_SHOWN_CHARS = 40              # longest cell text quoted in a message
 
 
 class DataValidationError(ValueError):
@@ -80,6 +140,8 @@ class IngestResult:
     rejects_path: str | None   # CSV of rejected rows, when any were rejected
     reused: bool               # True when an identical earlier ingest was reused
     split_rows: Mapping[str, int] = dataclasses.field(default_factory=dict)  # split -> rows
+    duplicate_rows: int = 0    # written rows equal to an earlier written row
+    blank_lines: int = 0       # blank lines skipped (not rows)
 
     @property
     def examples_uri(self) -> str:
@@ -107,111 +169,447 @@ class _Problems:
         return len(self.rows)
 
 
+# ---------------------------------------------------------------- reading
+
+def open_binary(path: str):
+    """The file's bytes, decompressed by its suffix (.gz, .bz2, .xz; else as is)."""
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    return openers.get(os.path.splitext(path)[1].lower(), open)(path, "rb")
+
+
+def _line_breaks(data) -> int:
+    """Line breaks in `data` (str or bytes) counting LF, CRLF and a lone CR once each."""
+    lf, cr = ("\n", "\r") if isinstance(data, str) else (b"\n", b"\r")
+    return data.count(lf) + data.count(cr) - data.count(cr + lf)
+
+
+def _valid_utf8_prefix(data: bytes, at_end: bool) -> tuple[int, int | None]:
+    """(length of the leading valid UTF-8 in `data`, offset of an invalid byte or None).
+
+    A multi-byte sequence cut off by the end of `data` is not invalid unless `at_end`.
+    """
+    try:
+        data.decode("utf-8")
+        return len(data), None
+    except UnicodeDecodeError as error:
+        if error.reason == "unexpected end of data" and not at_end:
+            return error.start, None
+        return error.start, error.start
+
+
+class _Scan:
+    """Position while scanning a file's bytes: line (1-based) and bytes into that line."""
+
+    def __init__(self):
+        self.line, self.column, self.size = 1, 0, 0
+
+    def position_of(self, data: bytes, offset: int) -> tuple[int, int]:
+        """(line, 1-based byte in the line) of `offset` in `data`, which starts here."""
+        before = data[:offset]
+        last = max(before.rfind(b"\n"), before.rfind(b"\r"))
+        column = offset - last if last >= 0 else self.column + offset + 1
+        return self.line + _line_breaks(before), column
+
+    def advance(self, data: bytes) -> None:
+        """Moves past `data` (which must not end inside a CRLF)."""
+        last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        self.line += _line_breaks(data)
+        self.column = len(data) - last - 1 if last >= 0 else self.column + len(data)
+        self.size += len(data)
+
+    def longest_line_end(self, data: bytes) -> int | None:
+        """Offset in `data` where the current line passes MAX_LINE_BYTES, or None.
+
+        Lines that start and end inside `data` are shorter than MAX_LINE_BYTES,
+        because `data` is at most one block (MAX_LINE_BYTES) plus a few bytes.
+        """
+        breaks = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+        first = min(breaks) if breaks else len(data)
+        over = MAX_LINE_BYTES - self.column
+        if first > over:
+            return over
+        last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        return None if len(data) - last - 1 <= MAX_LINE_BYTES else last + 1 + MAX_LINE_BYTES
+
+
+def scan_text(path: str) -> None:
+    """Reads the (decompressed) file once in blocks, in bounded memory.
+
+    Raises DataValidationError, naming the line and byte, when the file is
+    empty, is not UTF-8, holds a NUL byte or has a line longer than MAX_LINE_BYTES;
+    also when it cannot be decompressed.
+    """
+    scan, pending = _Scan(), b""
+    try:
+        with open_binary(path) as handle:
+            while True:
+                block = handle.read(MAX_LINE_BYTES)
+                data = pending + block
+                if not data:
+                    break
+                valid, invalid = _valid_utf8_prefix(data, at_end=not block)
+                keep = valid - 1 if block and data[valid - 1:valid] == b"\r" else valid
+                _check_block(path, scan, data[:keep], data, invalid)
+                scan.advance(data[:keep])
+                pending = data[keep:]
+                if not block:
+                    break
+    except (OSError, EOFError, lzma.LZMAError) as error:
+        raise DataValidationError(f"{path}: cannot read or decompress the file: {error}") from None
+    if scan.size == 0:
+        raise DataValidationError(f"{path}: the file is empty (0 bytes; expected a header row)")
+
+
+def _check_block(path: str, scan: _Scan, text: bytes, data: bytes, invalid: int | None) -> None:
+    """Raises for a NUL byte or an overlong line in `text`, or the invalid byte of `data`."""
+    nul = text.find(b"\x00")
+    if nul >= 0:
+        line, byte = scan.position_of(text, nul)
+        raise DataValidationError(f"{path} line {line}, byte {byte}: a NUL byte (binary data, "
+                                  f"not CSV text)")
+    too_long = scan.longest_line_end(text)
+    if too_long is not None:
+        line, _ = scan.position_of(text, too_long)
+        raise DataValidationError(f"{path} line {line}: longer than {MAX_LINE_BYTES:,} bytes "
+                                  f"(MAX_LINE_BYTES); not a CSV file of rows")
+    if invalid is not None:
+        line, byte = scan.position_of(data, invalid)
+        raise DataValidationError(
+            f"{path} line {line}, byte {byte}: not UTF-8 text (byte 0x{data[invalid]:02x}); "
+            f"save the file as UTF-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextChunk:
+    """Up to CHUNK_ROWS rows of a CSV file as text, with where they are in the file."""
+
+    frame: pd.DataFrame   # one string column per header name
+    lines: np.ndarray     # physical line on which each row starts (int64)
+    blank_lines: int      # blank lines skipped in this stretch of the file
+
+
 def read_text_table(path: str, rename: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Reads a CSV (optionally .gz) with every cell as a string, nothing inferred."""
+    """Reads a CSV (optionally compressed) with every cell as a string, nothing inferred."""
     return next(read_text_chunks(path, rename, chunk_rows=None))
 
 
 def read_text_chunks(path: str, rename: Mapping[str, str] | None = None,
-                     chunk_rows: int | None = CHUNK_ROWS):
+                     chunk_rows: int | None = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """Yields the CSV as string DataFrames of up to `chunk_rows` rows (None: one frame).
 
     A file with a header and no rows yields one empty frame.
     """
+    for chunk in read_numbered_chunks(path, rename, chunk_rows):
+        yield chunk.frame
+
+
+def read_numbered_chunks(path: str, rename: Mapping[str, str] | None = None,
+                         chunk_rows: int | None = CHUNK_ROWS) -> Iterator[TextChunk]:
+    """Yields the CSV's rows as `TextChunk`s of up to `chunk_rows` rows (None: one chunk),
+    at least one (empty for a header-only file).
+
+    Two readers go through the file in step: Python's csv module checks every
+    record's field count and finds the line it starts on; pandas' C reader (fast,
+    and its strings sit column by column in memory, which the checks need to be
+    fast) gives the cells. pandas alone is not enough: it silently drops or
+    shifts fields of a row with more fields than the header when that row
+    starts a chunk. Raises DataValidationError for the structural problems in
+    the module docstring.
+    """
     if not os.path.exists(path):
         raise DataValidationError(f"{path}: file not found")
-    try:
-        reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
-                             chunksize=chunk_rows)
-        chunks = [reader] if chunk_rows is None else reader
+    scan_text(path)
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text, strict=True)
+        header = _read_header(path, reader, rename)
+        frames = _pandas_chunks(path, chunk_rows)
         yielded = False
-        for frame in chunks:
+        while True:
+            starts, blank = _next_layout(path, reader, len(header), chunk_rows)
+            if not len(starts):
+                if not yielded:
+                    yield TextChunk(pd.DataFrame(columns=header, dtype=object), starts, 0)
+                return
+            yield _to_chunk(path, header, next(frames), starts, blank)
             yielded = True
-            yield frame.rename(columns=dict(rename)) if rename else frame
-        if not yielded:  # header only
-            header = pd.read_csv(path, dtype=str, nrows=0)
-            yield header.rename(columns=dict(rename)) if rename else header
-    except pd.errors.EmptyDataError:
-        raise DataValidationError(f"{path}: the file is empty (no header row)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataValidationError(f"{path}: not a readable CSV file: {error}") from None
 
 
-def _parse_numbers(column: pd.Series):
-    """Returns (values as float64, empty mask, unparsable mask)."""
+def _pandas_chunks(path: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """pandas' string frames of the file, blank lines kept as rows, header row skipped."""
+    options = dict(dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False,
+                   encoding="utf-8", index_col=False)
+    try:
+        if chunk_rows is None:
+            yield pd.read_csv(path, **options)
+        else:
+            yield from pd.read_csv(path, chunksize=chunk_rows, **options)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:   # the csv reader found none
+        raise DataValidationError(f"{path}: not a readable CSV file: "
+                                  f"{' '.join(str(error).split())}") from None
+
+
+def _next_layout(path: str, reader, fields: int, count: int | None):
+    """Reads up to `count` records with the csv reader; returns (the line each starts on,
+    mask of blank lines). Raises for a record whose field count is not `fields`, and
+    for invalid CSV (a quote never closed, a field over csv.field_size_limit())."""
+    starts, blank = [], []
+    previous = reader.line_num
+    try:
+        for record in itertools.islice(reader, count):
+            starts.append(previous + 1)
+            previous = reader.line_num
+            if len(record) != fields:
+                if not _is_blank(record):
+                    raise DataValidationError(f"{path} line {starts[-1]}: {len(record)} "
+                                              f"field(s) where the header has {fields}")
+                blank.append(len(starts) - 1)
+    except csv.Error as error:
+        raise DataValidationError(f"{path} line {previous + 1}: not valid CSV: {error} (in the "
+                                  f"row that starts on this line)") from None
+    mask = np.zeros(len(starts), dtype=bool)
+    mask[blank] = True
+    return np.array(starts, dtype=np.int64), mask
+
+
+def _read_header(path: str, reader, rename: Mapping[str, str] | None) -> list[str]:
+    """The header's column names (after `rename`); raises for a blank or duplicate header."""
+    header = next(reader, None)
+    if not header or not any(name.strip() for name in header):
+        raise DataValidationError(f"{path} line 1: the header row is empty")
+    names = [(rename or {}).get(name, name) for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataValidationError(f"{path} line 1: duplicate column name(s) {repeated} in the "
+                                  f"header")
+    return names
+
+
+def _is_blank(record: list[str]) -> bool:
+    """A record of a blank line, or of a line of only white space."""
+    return not record or (len(record) == 1 and not record[0].strip())
+
+
+def _to_chunk(path: str, header: list[str], frame: pd.DataFrame, starts: np.ndarray,
+              blank: np.ndarray) -> TextChunk:
+    """pandas' frame of the records whose start lines are `starts`, without blank lines."""
+    if len(frame) != len(starts):
+        raise DataValidationError(
+            f"{path} lines {starts[0]}-{starts[-1]}: pandas read {len(frame)} rows where the "
+            f"csv module read {len(starts)}; check the quoting in these lines")
+    frame.columns = header
+    if blank.any():
+        frame = frame[~blank].reset_index(drop=True)
+    return TextChunk(frame, starts[~blank], int(blank.sum()))
+
+
+def shown(text: str) -> str:
+    """`text` quoted for a message, cut to _SHOWN_CHARS characters."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text):,} characters)"
+
+
+# ---------------------------------------------------------------- parsing cells
+
+@dataclasses.dataclass
+class ParsedColumn:
+    """A column's cells as numbers: `values` (NaN or 0 where unusable), the rows whose
+    cell is a missing value, and the rows of each other problem by reason."""
+
+    values: np.ndarray
+    missing: np.ndarray
+    bad: dict[str, np.ndarray]
+
+    def mask(self, reason: str) -> np.ndarray:
+        """Boolean mask of the rows with problem `reason`."""
+        mask = np.zeros(len(self.values), dtype=bool)
+        mask[self.bad.get(reason, [])] = True
+        return mask
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Rows whose cell is a usable number."""
+        mask = ~self.missing
+        for rows in self.bad.values():
+            mask[rows] = False
+        return mask
+
+
+def classify_number(text: str) -> tuple[float | None, str | None]:
+    """(value, None) for a number cell (already stripped), else (None, reason)."""
+    if text.lower() in MISSING_SPELLINGS:
+        return None, "missing_value"
+    if _NON_FINITE.fullmatch(text):
+        return None, "non_finite"
+    if _NUMBER.fullmatch(text):
+        value = float(text)
+        return (None, "out_of_range") if math.isinf(value) else (value, None)
+    return None, "unparsable_number"
+
+
+def classify_integer(text: str) -> tuple[int | None, str | None]:
+    """(value, None) for an integer-token cell (already stripped), else (None, reason)."""
+    if _INTEGER.fullmatch(text):
+        value = int(text)
+        low, high = _INT64_RANGE
+        return (value, None) if low <= value <= high else (None, "out_of_range")
+    number, reason = classify_number(text)
+    if reason:
+        return None, reason
+    if number != math.floor(number):
+        return None, "unparsable_number"
+    if abs(number) >= _EXACT_FLOAT_INT:
+        return None, "out_of_range"
+    return int(number), None
+
+
+def _collect(values: np.ndarray, rows: np.ndarray, texts: pd.Series, classify) -> ParsedColumn:
+    """Classifies the cells `rows` one by one (the rest are fine); fills `values`."""
+    missing = np.zeros(len(values), dtype=bool)
+    bad: dict[str, list[int]] = collections.defaultdict(list)
+    for row in rows:
+        value, reason = classify(texts.iat[row])
+        if reason == "missing_value":
+            missing[row] = True
+        elif reason:
+            bad[reason].append(row)
+        else:
+            values[row] = value
+    return ParsedColumn(values, missing, {r: np.array(v, dtype=np.int64) for r, v in bad.items()})
+
+
+def parse_numbers(column: pd.Series, float32: bool = False) -> ParsedColumn:
+    """A text column as float64 numbers (rules in the module docstring); with
+    `float32`, a value beyond float32's range is out_of_range."""
     stripped = column.str.strip()
-    empty = (stripped == "").to_numpy()
-    values = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=np.float64)
-    literal_nan = stripped.str.lower().isin(["nan", "-nan", "+nan"]).to_numpy()
-    unparsable = np.isnan(values) & ~empty & ~literal_nan
-    return values, empty, unparsable
+    values = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    parsed = _collect(values, np.flatnonzero(~np.isfinite(values)), stripped, classify_number)
+    if float32:
+        with np.errstate(over="ignore"):
+            over = np.isfinite(values) & np.isinf(values.astype(np.float32))
+        if over.any():
+            parsed.bad["out_of_range"] = np.union1d(parsed.bad.get("out_of_range", []),
+                                                    np.flatnonzero(over)).astype(np.int64)
+    return parsed
+
+
+def parse_integers(column: pd.Series) -> ParsedColumn:
+    """A text column of integer tokens as int64 (rules in the module docstring)."""
+    stripped = column.str.strip()
+    numbers = pd.to_numeric(stripped, errors="coerce")
+    if numbers.dtype == np.int64:   # every cell a plain integer in range: exact already
+        return ParsedColumn(numbers.to_numpy(), np.zeros(len(numbers), dtype=bool), {})
+    floats = numbers.to_numpy(dtype=np.float64)
+    exact = np.isfinite(floats) & (np.abs(floats) < _EXACT_FLOAT_INT) & (floats == np.floor(floats))
+    values = np.where(exact, floats, 0.0).astype(np.int64)
+    return _collect(values, np.flatnonzero(~exact), stripped, classify_integer)
+
+
+# ---------------------------------------------------------------- checking rows
+
+class _Checker:
+    """Checks the columns of one text table against a spec, collecting problems and
+    the typed columns (numpy arrays) that tf.Examples are made of."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        self.problems = _Problems()
+        self.typed: dict[str, np.ndarray] = {}
+        self.valid: dict[str, np.ndarray] = {}   # column -> rows with a usable value
+
+    def cell(self, column: str):
+        """A function of a row giving the cell's text quoted for a message."""
+        return lambda row: shown(self.frame[column].iat[row])
+
+    def report(self, column: str, parsed: ParsedColumn, kind: str, dtype: str, suffix: str = "",
+               missing: bool = True) -> None:
+        """Adds the missing values (when `missing`) and parse problems of a column;
+        `kind` and `dtype` name what the cells should be ("a number", "float32")."""
+        if missing:
+            self.problems.add(parsed.missing, column, "missing_value", self._missing_detail(column))
+        cell = self.cell(column)
+        self.problems.add(parsed.mask("unparsable_number"), column, "unparsable_number",
+                          lambda r: f"cannot parse {cell(r)} as {kind}")
+        self.problems.add(parsed.mask("out_of_range"), column, "out_of_range",
+                          lambda r: f"{cell(r)} is out of range for {dtype}{suffix}")
+        self.problems.add(parsed.mask("non_finite"), column, "non_finite",
+                          lambda r: f"non-finite value {cell(r)}{suffix}")
+
+    def _missing_detail(self, column: str):
+        def detail(row):
+            text = self.frame[column].iat[row]
+            return "missing value" if not text.strip() else f"missing value ({shown(text)})"
+        return detail
+
+    def string_feature(self, feature) -> None:
+        raw = self.frame[feature.name]
+        if feature.required:
+            empty = (raw.str.strip() == "").to_numpy()
+            self.problems.add(empty, feature.name, "missing_value", lambda r: "missing value")
+        self.typed[feature.name] = raw.to_numpy(dtype=object)
+
+    def integer_feature(self, feature) -> None:
+        parsed = parse_integers(self.frame[feature.name])
+        self.report(feature.name, parsed, "an integer", "int64", missing=feature.required)
+        if not feature.required:
+            parsed.values[parsed.missing] = int(feature.default)
+        self.typed[feature.name] = parsed.values
+
+    def numeric_feature(self, feature) -> None:
+        parsed = parse_numbers(self.frame[feature.name], float32=True)
+        self.report(feature.name, parsed, "a number", "float32", missing=feature.required)
+        values = np.where(parsed.valid, parsed.values, 0.0)
+        if not feature.required:
+            values[parsed.missing] = feature.default
+        self.typed[feature.name] = values.astype(np.float32)
+
+    def step(self, step: str, previous: str | None) -> None:
+        parsed = parse_numbers(self.frame[step])
+        self.report(step, parsed, "a number", "float64")
+        binary = np.isin(parsed.values, (0.0, 1.0))
+        cell = self.cell(step)
+        self.problems.add(parsed.valid & ~binary, step, "non_binary_label",
+                          lambda r: f"{cell(r)} is not a binary label (expected 0 or 1)")
+        self.valid[step] = parsed.valid & binary
+        self.typed[step] = np.where(parsed.values == 1.0, 1, 0).astype(np.int64)
+        if previous is not None:
+            both = self.valid[step] & self.valid[previous]
+            self.problems.add(both & (self.typed[step] == 1) & (self.typed[previous] == 0), step,
+                              "chain_violation",
+                              lambda r: f"{step!r} is 1 while the previous step {previous!r} is 0")
+
+    def core_target(self, target: str, gated_by: str | None) -> None:
+        parsed = parse_numbers(self.frame[target], float32=True)
+        suffix = " for the continuous target"
+        self.report(target, parsed, "a number", "float32", suffix=suffix)
+        valid, values, cell = parsed.valid, parsed.values, self.cell(target)
+        self.problems.add(valid & (values < 0), target, "negative_target",
+                          lambda r: f"negative value {self.frame[target].iat[r].strip()}{suffix}")
+        if gated_by:
+            self.problems.add(valid & (values > 0) & self.valid[gated_by] &
+                              (self.typed[gated_by] == 0), target, "chain_violation",
+                              lambda r: f"value {self.frame[target].iat[r].strip()} is non-zero "
+                                        f"while the last step {gated_by!r} is 0")
+        self.typed[target] = np.where(valid, values, 0.0).astype(np.float32)
 
 
 def _find_problems(frame: pd.DataFrame, spec: DatasetSpec):
     """Checks every cell; returns (problems, typed columns as numpy arrays)."""
-    problems = _Problems()
-    typed: dict[str, np.ndarray] = {}
-
-    def cell(column):
-        return lambda row: frame[column].iat[row]
-
+    checker = _Checker(frame)
     for feature in spec.features:
-        raw = frame[feature.name]
-        if feature.is_categorical and feature.dtype == "string":
-            empty = (raw.str.strip() == "").to_numpy()
-            if feature.required:
-                problems.add(empty, feature.name, "missing_value", lambda r: "missing value")
-            typed[feature.name] = raw.to_numpy(dtype=object)
-            continue
-        values, empty, unparsable = _parse_numbers(raw)
-        if feature.required:
-            problems.add(empty, feature.name, "missing_value", lambda r: "missing value")
+        if not feature.is_categorical:
+            checker.numeric_feature(feature)
+        elif feature.dtype == "string":
+            checker.string_feature(feature)
         else:
-            values = np.where(empty, feature.default, values)
-        if feature.is_categorical:  # integer tokens
-            problems.add(unparsable | (~np.isnan(values) & (values != np.round(values))),
-                         feature.name, "unparsable_number",
-                         lambda r, c=cell(feature.name): f"cannot parse {c(r)!r} as an integer")
-            typed[feature.name] = np.nan_to_num(values).astype(np.int64)
-        else:
-            problems.add(unparsable, feature.name, "unparsable_number",
-                         lambda r, c=cell(feature.name): f"cannot parse {c(r)!r} as a number")
-            problems.add(~empty & ~unparsable & ~np.isfinite(values), feature.name, "non_finite",
-                         lambda r, c=cell(feature.name): f"non-finite value {c(r)!r}")
-            typed[feature.name] = np.where(np.isfinite(values), values, 0.0).astype(np.float32)
-
+            checker.integer_feature(feature)
     chain = spec.chain
     for step in chain.steps:
-        values, empty, unparsable = _parse_numbers(frame[step])
-        problems.add(empty, step, "missing_value", lambda r: "missing value")
-        problems.add(unparsable, step, "unparsable_number",
-                     lambda r, c=cell(step): f"cannot parse {c(r)!r} as a number")
-        parsed = ~empty & ~unparsable
-        problems.add(parsed & ~np.isin(values, (0.0, 1.0)), step, "non_binary_label",
-                     lambda r, c=cell(step): f"{c(r)!r} is not a binary label (expected 0 or 1)")
-        typed[step] = np.where(values == 1.0, 1, 0).astype(np.int64)
-        previous = chain.previous_step(step)
-        if previous is not None:
-            problems.add((typed[step] == 1) & (typed[previous] == 0), step, "chain_violation",
-                         lambda r, s=step, p=previous: f"{s!r} is 1 while the previous step {p!r} is 0")
-
-    target = chain.core_target
-    if target:
-        values, empty, unparsable = _parse_numbers(frame[target])
-        problems.add(empty, target, "missing_value", lambda r: "missing value")
-        problems.add(unparsable, target, "unparsable_number",
-                     lambda r, c=cell(target): f"cannot parse {c(r)!r} as a number")
-        parsed = ~empty & ~unparsable
-        problems.add(parsed & ~np.isfinite(values), target, "non_finite",
-                     lambda r, c=cell(target): f"non-finite value {c(r)!r} for the continuous target")
-        problems.add(parsed & (values < 0), target, "negative_target",
-                     lambda r, c=cell(target): f"negative value {c(r)} for the continuous target")
-        if chain.core_target_gated:
-            last = chain.steps[-1]
-            problems.add(parsed & (values > 0) & (typed[last] == 0), target, "chain_violation",
-                         lambda r, c=cell(target), s=last: f"value {c(r)} is non-zero while the last step {s!r} is 0")
-        typed[target] = np.where(np.isfinite(values), values, 0.0).astype(np.float32)
-    return problems, typed
+        checker.step(step, chain.previous_step(step))
+    if chain.core_target:
+        checker.core_target(chain.core_target,
+                            chain.steps[-1] if chain.core_target_gated else None)
+    return checker.problems, checker.typed
 
 
 def _summarise(problems: _Problems) -> collections.Counter:
@@ -219,11 +617,18 @@ def _summarise(problems: _Problems) -> collections.Counter:
     return collections.Counter(reason for _, reason in set(zip(problems.rows, problems.reasons)))
 
 
+def unused_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
+    """Header columns the spec does not use (ingest ignores them)."""
+    return [column for column in frame.columns if column not in spec.columns]
+
+
 def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: str = "error",
-                first_line: int = 2, allow_all_bad: bool = False):
+                first_line: int = 2, allow_all_bad: bool = False,
+                lines: np.ndarray | None = None):
     """Checks a text table against the spec.
 
-    `first_line` is the file line of the frame's first row (for chunks of a file).
+    `lines` is the file line of each row (as `TextChunk.lines`); without it the
+    rows are taken to be on consecutive lines from `first_line`.
     Returns:
       (typed columns of the good rows, rejects DataFrame, per-reason counts).
     Raises:
@@ -239,16 +644,18 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
             f"(the header has {list(frame.columns)})")
     if len(frame) == 0:
         raise DataValidationError(f"{source}: no data rows after the header")
+    if lines is None:
+        lines = first_line + np.arange(len(frame), dtype=np.int64)
 
     problems, typed = _find_problems(frame, spec)
     counts = _summarise(problems)
     if problems and bad_rows == "error":
         first = int(np.argmin(problems.rows))
         summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
-        scope = "" if first_line == 2 and len(frame) < CHUNK_ROWS else (
-            f" in lines {first_line}-{first_line + len(frame) - 1}")
+        scope = "" if lines[0] == 2 and len(frame) < CHUNK_ROWS else (
+            f" in lines {lines[0]}-{lines[-1]}")
         raise DataValidationError(
-            f"{source} line {problems.rows[first] + first_line}, column "
+            f"{source} line {lines[problems.rows[first]]}, column "
             f"{problems.columns[first]!r}: {problems.details[first]} (rows with problems"
             f"{scope}: {summary}; pass --bad-rows reject to set bad rows aside in a rejects file)")
 
@@ -258,7 +665,7 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
     for row, column, detail in zip(problems.rows, problems.columns, problems.details):
         reasons_per_row[row].append(f"{column}: {detail}")
     rejects = frame[bad].copy()
-    rejects.insert(0, "_line", np.flatnonzero(bad) + first_line)
+    rejects.insert(0, "_line", lines[bad])
     rejects.insert(1, "_reasons", ["; ".join(reasons_per_row[r]) for r in np.flatnonzero(bad)])
     good = {name: values[~bad] for name, values in typed.items()}
     if not (~bad).any() and not allow_all_bad:
@@ -266,6 +673,48 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
                                   f"see the reasons in the rejects file")
     return good, rejects, dict(counts)
 
+
+# ---------------------------------------------------------------- duplicates
+
+def row_digests(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A 64-bit digest (uint64) of each row of typed columns (names in sorted order)."""
+    table = pd.DataFrame({name: columns[name] for name in sorted(columns)})
+    return pd.util.hash_pandas_object(table, index=False).to_numpy()
+
+
+class DuplicateCounter:
+    """Counts rows equal to an earlier row, over any number of chunks, keeping the
+    sorted digests of the distinct rows seen (8 bytes per distinct row)."""
+
+    def __init__(self):
+        self.seen = np.empty(0, dtype=np.uint64)
+        self.duplicates = 0
+
+    def add(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Counts the duplicates among these rows and the rows added before."""
+        digests = np.unique(row_digests(columns))   # sorted, distinct
+        self.duplicates += len(next(iter(columns.values()))) - len(digests)
+        at = np.searchsorted(self.seen, digests)
+        known = at < len(self.seen)
+        known[known] = self.seen[at[known]] == digests[known]
+        self.duplicates += int(known.sum())
+        # Two sorted runs: the stable sort merges them in linear time.
+        self.seen = np.sort(np.concatenate([self.seen, digests[~known]]), kind="stable")
+
+
+def duplicate_warning(duplicates: int, written: int, spec: DatasetSpec) -> str | None:
+    """The warning line when more than DUPLICATE_WARN_SHARE of the written rows are
+    duplicates and the split hashes the whole row; else None."""
+    if not written or spec.split.partition_column or duplicates / written <= DUPLICATE_WARN_SHARE:
+        return None
+    return (f"warning: {duplicates:,} of {written:,} written rows ({duplicates / written:.1%}) "
+            f"repeat an earlier row exactly; the split hashes the whole row, so all copies of a "
+            f"row land in the same split and rows that repeat often can be missing from "
+            f"training or eval altogether: set split.partition_column in the spec to split by "
+            f"an id column")
+
+
+# ---------------------------------------------------------------- writing
 
 def arrow_column(values: np.ndarray) -> pa.Array:
     """One value per row, as the list array tf.Example encoding expects."""
@@ -394,7 +843,8 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
                log=print) -> IngestResult:
     """Checks `path` against `spec` and writes typed tf.Examples under `staging_root`,
     split into train and eval by `SplitRule.from_spec(spec)` (the layout in the
-    module docstring); logs the rows per split.
+    module docstring); logs ignored columns, skipped blank lines, rejects, the
+    rows per split and a duplicate warning.
 
     The output directory is named by a fingerprint of the file's bytes, the spec
     and the options, so re-running on unchanged input reuses it: the pipeline's
@@ -408,12 +858,8 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
     if os.path.exists(summary_path):
         with open(summary_path) as handle:
             summary = json.load(handle)
-        _report_rejects(summary["rows_read"] - summary["rows_written"], summary["reject_counts"],
-                        summary["rejects_path"], log)
-        _report_splits(summary["split_rows"], spec, log)
-        return IngestResult(out_dir, summary["rows_read"], summary["rows_written"],
-                            summary["reject_counts"], summary["rejects_path"], reused=True,
-                            split_rows=summary["split_rows"])
+        _report(summary, spec, log)
+        return _result(out_dir, summary, reused=True)
 
     shutil.rmtree(out_dir, ignore_errors=True)   # a half-written earlier attempt
     split_dirs = {split: os.path.join(out_dir, EXAMPLES_SUBDIR, f"Split-{split}")
@@ -422,19 +868,27 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
         os.makedirs(directory)
     rule = SplitRule.from_spec(spec)
     saved_rejects = rejects_path or os.path.join(out_dir, "rejects.csv")
-    rows_read = written = rejected = 0
+    rows_read = written = rejected = blank = 0
     counts: collections.Counter = collections.Counter()
     split_rows: collections.Counter = collections.Counter()
-    for shard, frame in enumerate(read_text_chunks(path, rename, CHUNK_ROWS)):
+    duplicates = DuplicateCounter()
+    ignored: list[str] = []
+    for shard, chunk in enumerate(read_numbered_chunks(path, rename, CHUNK_ROWS)):
+        frame = chunk.frame
+        blank += chunk.blank_lines
+        if shard == 0:
+            ignored = unused_columns(frame, spec)
+        if len(frame) == 0 and shard > 0:   # only blank lines were left
+            continue
         good, rejects, chunk_counts = check_table(
-            frame, spec, source=path, bad_rows=bad_rows, first_line=rows_read + 2,
-            allow_all_bad=True)
+            frame, spec, source=path, bad_rows=bad_rows, allow_all_bad=True, lines=chunk.lines)
         if len(rejects):
             _append_csv(rejects, saved_rejects, header=rejected == 0)
         rows_read += len(frame)
         rejected += len(rejects)
         counts.update(chunk_counts)
         if len(rejects) < len(frame):
+            duplicates.add(good)
             written_now = write_split_shards(shuffled(good, seed=shard), split_dirs,
                                              f"data-{shard:05d}.tfrecord.gz", rule)
             split_rows.update(written_now)
@@ -442,16 +896,39 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
     if written == 0:
         raise DataValidationError(f"{path}: every one of {rows_read} rows has a problem; "
                                   f"see the reasons in {saved_rejects}")
-    saved_rejects = saved_rejects if rejected else None
-    _report_rejects(rejected, counts, saved_rejects, log)
-    split_rows = {split: split_rows[split] for split in SPLIT_NAMES}
-    _report_splits(split_rows, spec, log)
     summary = dict(source=path, rows_read=rows_read, rows_written=written,
-                   reject_counts=dict(counts), rejects_path=saved_rejects, split_rows=split_rows)
+                   reject_counts=dict(counts), rejects_path=saved_rejects if rejected else None,
+                   split_rows={split: split_rows[split] for split in SPLIT_NAMES},
+                   duplicate_rows=duplicates.duplicates, blank_lines=blank,
+                   ignored_columns=ignored)
+    _report(summary, spec, log)
     with open(summary_path, "w") as handle:  # written last: marks the ingest complete
         json.dump(summary, handle, indent=1)
-    return IngestResult(out_dir, rows_read, written, dict(counts), saved_rejects, reused=False,
-                        split_rows=split_rows)
+    return _result(out_dir, summary, reused=False)
+
+
+def _result(out_dir: str, summary: Mapping, reused: bool) -> IngestResult:
+    """The IngestResult of an ingest directory and its summary."""
+    return IngestResult(out_dir, summary["rows_read"], summary["rows_written"],
+                        summary["reject_counts"], summary["rejects_path"], reused=reused,
+                        split_rows=summary["split_rows"],
+                        duplicate_rows=summary["duplicate_rows"],
+                        blank_lines=summary["blank_lines"])
+
+
+def _report(summary: Mapping, spec: DatasetSpec, log) -> None:
+    """Logs what an ingest set aside or noticed, one line each, and the rows per split."""
+    if summary["ignored_columns"]:
+        log(f"note: ignoring column(s) {summary['ignored_columns']} that spec "
+            f"{spec.name!r} does not use")
+    if summary["blank_lines"]:
+        log(f"note: skipped {summary['blank_lines']} blank line(s)")
+    _report_rejects(summary["rows_read"] - summary["rows_written"], summary["reject_counts"],
+                    summary["rejects_path"], log)
+    _report_splits(summary["split_rows"], spec, log)
+    warning = duplicate_warning(summary["duplicate_rows"], summary["rows_written"], spec)
+    if warning:
+        log(warning)
 
 
 def _append_csv(frame: pd.DataFrame, path: str, header: bool) -> None:
@@ -467,5 +944,5 @@ def _report_rejects(rows: int, counts: Mapping[str, int], rejects_path: str | No
 
 def _report_splits(split_rows: Mapping[str, int], spec: DatasetSpec, log) -> None:
     """Logs the rows written per split and the rule that split them."""
-    shown = ", ".join(f"{split_rows.get(split, 0):,} {split}" for split in SPLIT_NAMES)
-    log(f"rows per split: {shown} (ExampleGen's rule: {SplitRule.from_spec(spec).describe()})")
+    per_split = ", ".join(f"{split_rows.get(split, 0):,} {split}" for split in SPLIT_NAMES)
+    log(f"rows per split: {per_split} (ExampleGen's rule: {SplitRule.from_spec(spec).describe()})")
