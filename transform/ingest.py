@@ -12,7 +12,8 @@ no row of such a file can be trusted:
   a physical line longer than MAX_LINE_BYTES (1 MiB)
   a duplicate name in the header (checked before any row is read)
   a column the spec needs missing from the header
-  a row with more or fewer fields than the header, or a quote never closed
+  a row with more or fewer fields than the header, a quote never closed, or a
+  field longer than csv.field_size_limit() (131,072 characters by default)
 
 A blank line (or one of only spaces) is not a row: it is skipped and counted
 (`blank_lines`, logged). A header column the spec does not use is ignored, with
