@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tfx_pipeline import disk
+
 # The registry's names, listed here so `--help` need not import TensorFlow;
 # tests/test_models.py keeps the two in step.
 MODEL_NAMES = ("apem", "htlnet", "shared_bottom", "mmoe", "ple", "esmm", "aitm")
@@ -219,9 +221,8 @@ def _check_model(args, spec):
 
 
 def command_run(args) -> int:
-    from tfx_pipeline.machine import configure_tensorflow_threads, usable_cpus
-    from transform import datasets
-    from transform.ingest import ingest_csv, require_every_split
+    from tfx_pipeline import run_lock
+    from tfx_pipeline.machine import configure_tensorflow_threads
 
     # Before TensorFlow runs anything: the Trainer runs in this process under
     # LocalDagRunner, so these are the pools it trains with.
@@ -229,6 +230,16 @@ def command_run(args) -> int:
 
     name = pipeline_name(args.dataset, args.model)
     pipeline_root = os.path.abspath(args.pipeline_root or os.path.join("pipelines", name))
+    with run_lock.hold(pipeline_root):
+        return _run_locked(args, pipeline_root)
+
+
+def _run_locked(args, pipeline_root: str) -> int:
+    """`run` once it holds the pipeline root: ingest, the pipeline, the outcome."""
+    from tfx_pipeline.machine import usable_cpus
+    from transform import datasets
+    from transform.ingest import ingest_csv, require_every_split
+
     started = time.monotonic()
     _check_model(args, datasets.spec_for(args.dataset, args.spec))
     source = datasets.resolve(args.dataset, os.path.join(pipeline_root, "source"), data=args.data,
@@ -253,7 +264,9 @@ def command_run(args) -> int:
               file=sys.stderr)
     config = _config(args, ingested.examples_uri, source.spec, pipeline_root, beam_args=beam_args)
     pipeline = create_pipeline(config)
-    progress.attach(total=len(pipeline.components), verbose=args.verbose)
+    progress.attach(total=len(pipeline.components), verbose=args.verbose,
+                    log_path=os.path.join(pipeline_root, "logs",
+                                          time.strftime("run-%Y%m%d-%H%M%S.log")))
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
     outcome = results.last_run_outcome(config.metadata_path)
@@ -325,6 +338,12 @@ def join_beam_args(argv: list[str]) -> list[str]:
     return joined
 
 
+def _written_directories(args) -> list[str]:
+    """The local directories a command writes to, as given on its command line."""
+    paths = [getattr(args, name, None) for name in ("pipeline_root", "serving_dir", "output")]
+    return [os.path.abspath(p) for p in paths if p and "://" not in p]
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(join_beam_args(sys.argv[1:] if argv is None else list(argv)))
     try:
@@ -334,8 +353,12 @@ def main(argv=None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # every failure ends in one readable line
-        reason = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {reason}", file=sys.stderr)
+        reason = (disk.disk_full_reason(error, _written_directories(args))
+                  or " ".join(str(error).split()) or type(error).__name__)
+        from tfx_pipeline import progress
+
+        log = progress.run_log_path()
+        print(f"error: {reason}" + (f" (full log: {log})" if log else ""), file=sys.stderr)
         if os.environ.get("FUNNEL_DEBUG"):
             raise
         return 1

@@ -11,6 +11,7 @@ input) counts as cached too.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -53,8 +54,18 @@ class ComponentProgress(logging.Handler):
                   file=self.stream, flush=True)
 
 
-def attach(total: int, verbose: bool = False) -> ComponentProgress:
-    """Installs the handler on the root logger; quietens TFX/TF/Beam unless verbose."""
+_log_path: str | None = None
+
+
+def attach(total: int, verbose: bool = False, log_path: str | None = None) -> ComponentProgress:
+    """Installs the handler on the root logger; quietens TFX/TF/Beam unless verbose.
+
+    With `log_path`, every record at INFO and above also goes to that file, and the
+    libraries' error records (Beam's tracebacks, say) go only there unless verbose:
+    a failed run ends in one line on the terminal (tfx_pipeline.cli) and the file
+    has the rest.
+    """
+    global _log_path
     from absl import logging as absl_logging
 
     # TFX reports through absl at INFO. Some libraries save and restore absl's
@@ -64,6 +75,16 @@ def attach(total: int, verbose: bool = False) -> ComponentProgress:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    ours = [handler]
+    if log_path:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        to_file = logging.FileHandler(log_path)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(to_file)
+        ours.append(to_file)
+        _log_path = log_path
+        # A full disk must not turn every later record into a traceback on stderr.
+        logging.raiseExceptions = False
     if not verbose:
         import warnings
 
@@ -71,6 +92,11 @@ def attach(total: int, verbose: bool = False) -> ComponentProgress:
         loggers = [root] + [logging.getLogger(name) for name in logging.root.manager.loggerDict]
         for logger in loggers:
             for other in getattr(logger, "handlers", ()):
-                if other is not handler:
-                    other.setLevel(logging.ERROR)
+                if all(other is not mine for mine in ours):
+                    other.setLevel(logging.CRITICAL if log_path else logging.ERROR)
     return handler
+
+
+def run_log_path() -> str | None:
+    """The file the last `attach` sent the full log to, if any."""
+    return _log_path
