@@ -903,8 +903,10 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
                    duplicate_rows=duplicates.duplicates, blank_lines=blank,
                    ignored_columns=ignored)
     _report(summary, spec, log)
-    with open(summary_path, "w") as handle:  # written last: marks the ingest complete
+    # Written last, whole or not at all (renamed into place): marks the ingest complete.
+    with open(summary_path + ".partial", "w") as handle:
         json.dump(summary, handle, indent=1)
+    os.replace(summary_path + ".partial", summary_path)
     return _result(out_dir, summary, reused=False)
 
 
