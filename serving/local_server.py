@@ -1,7 +1,7 @@
 """A local stand-in for TF Serving's gRPC API, for development and tests.
 
     python -m serving.local_server --model-name shared_bottom \\
-        --model-base-path serving_models/shared_bottom --port 8500
+        --model-base-path serving_models/shared_bottom --port 8500 --rest-port 8501
     python -m serving.local_server --model-config-file serving/deploy/models.config --port 8500
 
 It serves the same SavedModels as `tensorflow_model_server`, through the same
@@ -9,6 +9,9 @@ protos and services (tensorflow_serving.apis):
 
   PredictionService  Predict, Classify, Regress, GetModelMetadata
   ModelService       GetModelStatus
+
+and, on --rest-port (8501 by default), TF Serving's REST API answered by the
+same handlers (serving/rest.py).
 
 It watches each base path and loads new versions without a restart, replays
 their warmup requests first, keeps the last good version serving when a new
@@ -48,6 +51,7 @@ from serving.validation import (DEFAULT_MAX_BATCH_SIZE, RequestError, check_inpu
 
 log = logging.getLogger("serving.local_server")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_REST_PORT = 8501   # TF Serving's images run --rest_api_port=8501
 
 
 def _resolve(watcher: Watcher, model_spec) -> LoadedVersion:
@@ -137,6 +141,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
         return response
 
+    def signature_inputs(self, request: predict_pb2.PredictRequest) -> dict:
+        """input name -> TensorInfo of the signature `request` would run, before its inputs
+        are filled (the REST API types JSON by it); refused as predict() refuses it."""
+        loaded = _resolve(self.watcher, request.model_spec)
+        return dict(_signature(loaded, request.model_spec.signature_name)[1].inputs)
+
     def _run_on_examples(self, request, method: str, response) -> dict:
         """Classify/Regress: runs the signature on the request's tf.Examples."""
         loaded = _resolve(self.watcher, request.model_spec)
@@ -191,6 +201,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _answer(context, self.metadata, request)
 
 
+def _labelled(model: ModelVersions, model_spec) -> int:
+    """The version a label names in the model's config; NOT_FOUND for an unknown label."""
+    if model_spec.version_label not in model.labels:
+        raise RequestError(grpc.StatusCode.NOT_FOUND,
+                           f"Unrecognized servable version label: {model_spec.version_label}")
+    return model.labels[model_spec.version_label]
+
+
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, watcher: Watcher):
         self.watcher = watcher
@@ -201,8 +219,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         except ServableNotFound as error:
             raise RequestError(grpc.StatusCode.NOT_FOUND, str(error)) from None
         states = model.states()
-        if request.model_spec.HasField("version"):
-            version = request.model_spec.version.value
+        spec = request.model_spec
+        if spec.HasField("version") or spec.version_label:
+            version = spec.version.value if spec.HasField("version") else _labelled(model, spec)
             states = [s for s in states if s[0] == version]
             if not states:
                 raise RequestError(grpc.StatusCode.NOT_FOUND,
@@ -220,20 +239,29 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _answer(context, self.status, request)
 
 
-def _answer(context, handler, request):
-    """The handler's response; a RequestError's status code, or INTERNAL for anything else
-    (its traceback logged here, the caller told only that the server failed)."""
+def run_handler(handler, request):
+    """The handler's response, or a RequestError: the handler's own, or INTERNAL for anything
+    else (its traceback logged here, the caller told only that the server failed). The gRPC
+    services and the REST API (serving/rest.py) answer through this, so both give the same
+    code and message for the same request."""
     try:
         return handler(request)
-    except RequestError as error:
-        code, details = error.code, str(error)
+    except RequestError:
+        raise
     except Exception:   # a fault in the server or the model, never the caller's
         log.exception("internal error answering %s for model %r", handler.__name__,
                       request.model_spec.name)
-        code, details = grpc.StatusCode.INTERNAL, (
+        raise RequestError(grpc.StatusCode.INTERNAL, (
             f"Internal error in the server while answering {handler.__name__} for model "
-            f"'{request.model_spec.name}'; the server's log has the details.")
-    context.abort(code, details)
+            f"'{request.model_spec.name}'; the server's log has the details.")) from None
+
+
+def _answer(context, handler, request):
+    """The handler's response; a RequestError aborts the call with its status code."""
+    try:
+        return run_handler(handler, request)
+    except RequestError as error:
+        context.abort(error.code, str(error))
 
 
 class _Unparseable:
@@ -313,22 +341,31 @@ def model_configs(args) -> list[model_server_config_pb2.ModelConfig]:
 
 
 class LocalServer:
-    """The gRPC server, its watcher and services; start(), then stop()."""
+    """The gRPC server, its watcher and services, and the REST API if asked; start(), stop()."""
 
     def __init__(self, configs, port: int = 0, host: str = "127.0.0.1",
                  poll_seconds: float = 1.0, workers: int = 8, tls: tuple[bytes, bytes] | None = None,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, rest_port: int | None = None):
         """`tls`: (PEM private key, PEM certificate chain) to serve over TLS; None for plain text.
-        `max_batch_size`: the most rows a request may have (more is INVALID_ARGUMENT)."""
+        `max_batch_size`: the most rows a request may have (more is INVALID_ARGUMENT).
+        `rest_port`: serve TF Serving's REST API there too (0: any free port; None: no REST);
+        `self.rest_port` is the port bound (None without REST)."""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
             interceptors=[RefuseUnparseableRequests()])
         self.watcher = Watcher([ModelVersions(c, prepare_version) for c in configs], poll_seconds)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.watcher, max_batch_size), self.server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.watcher),
-                                                                  self.server)
+        predictions, models = PredictionService(self.watcher, max_batch_size), \
+            ModelService(self.watcher)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions,
+                                                                            self.server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, self.server)
+        self.rest = None
+        if rest_port is not None:   # bound before the gRPC port: if taken, nothing is bound
+            from serving.rest import RestServer   # (rest.py imports this module)
+
+            self.rest = RestServer(predictions, models, rest_port, host)
+        self.rest_port = self.rest.port if self.rest else None
         if tls:
             credentials = grpc.ssl_server_credentials([tls])
             self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
@@ -339,10 +376,15 @@ class LocalServer:
     def start(self) -> "LocalServer":
         self.watcher.start()
         self.server.start()
+        if self.rest:
+            self.rest.start()
         return self
 
     def stop(self, grace: float = 5.0) -> None:
-        self.server.stop(grace).wait()
+        stopping = self.server.stop(grace)
+        if self.rest:
+            self.rest.stop(grace)
+        stopping.wait()
         self.watcher.stop()
 
 
@@ -353,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-base-path", help="directory of numeric version directories")
     parser.add_argument("--model-config-file", help="a TF Serving models.config (text proto)")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    parser.add_argument("--rest-port", type=int, default=None,
+                        help=f"REST API port (0: any free port; default {DEFAULT_REST_PORT}, "
+                             "left off with a warning when that port is taken)")
+    parser.add_argument("--no-rest", action="store_true", help="serve gRPC only")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0)
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
@@ -361,6 +407,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-key-file", help="PEM private key: serve over TLS")
     parser.add_argument("--ssl-cert-file", help="PEM certificate chain for --ssl-key-file")
     return parser
+
+
+def start_server(args, tls) -> LocalServer:
+    """The started server for the command line's options. An explicit --rest-port that cannot
+    be bound is an error (as TF Serving's); the default one, when taken, leaves REST off."""
+    def start(rest_port):
+        return LocalServer(model_configs(args), args.port, args.host,
+                           args.file_system_poll_wait_seconds, tls=tls,
+                           max_batch_size=args.max_batch_size, rest_port=rest_port).start()
+
+    if args.no_rest:
+        return start(None)
+    if args.rest_port is not None:
+        try:
+            return start(args.rest_port)
+        except OSError as error:
+            raise SystemExit(f"error: REST port {args.rest_port}: "
+                             f"{error.strerror or error}") from None
+    try:
+        return start(DEFAULT_REST_PORT)
+    except OSError as error:
+        log.warning("REST API off: port %d: %s (give --rest-port 0 for any free port)",
+                    DEFAULT_REST_PORT, error.strerror or error)
+        return start(None)
 
 
 def main(argv=None) -> int:
@@ -372,13 +442,13 @@ def main(argv=None) -> int:
             raise SystemExit("error: TLS needs both --ssl-key-file and --ssl-cert-file")
         with open(args.ssl_key_file, "rb") as key, open(args.ssl_cert_file, "rb") as cert:
             tls = (key.read(), cert.read())
-    server = LocalServer(model_configs(args), args.port, args.host,
-                         args.file_system_poll_wait_seconds, tls=tls,
-                         max_batch_size=args.max_batch_size).start()
-    print(f"serving on {server.address}", flush=True)
+    server = start_server(args, tls)
     stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):   # before the lines that say it serves
         signal.signal(signum, lambda *_: stopped.set())
+    print(f"serving on {server.address}", flush=True)
+    if server.rest:
+        print(f"REST API on http://{server.rest.address}", flush=True)
     stopped.wait()
     server.stop()
     print("stopped", flush=True)
