@@ -75,3 +75,40 @@ def test_pools_fixed_by_a_running_tensorflow_are_an_error_that_says_so():
                           cwd=__import__("pathlib").Path(__file__).resolve().parent.parent)
     assert done.stdout.strip().endswith("True")     # TensorFlow's own choice is the same
     assert "already runs with thread pools" in done.stderr and done.returncode != 0
+
+
+def run_python(code: str, env: dict) -> str:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_malloc_arenas_are_capped_for_this_process_and_its_children_unless_set():
+    import os
+
+    code = ("import os, subprocess, sys; from tfx_pipeline.machine import limit_malloc_arenas; "
+            "print(limit_malloc_arenas(int(sys.argv[1]) if len(sys.argv) > 1 else 4), "
+            "subprocess.run(['sh', '-c', 'echo $MALLOC_ARENA_MAX'], capture_output=True, "
+            "text=True).stdout.strip())")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    assert run_python(code, env) == "4 4"                        # max(2, cpus), inherited
+    assert run_python(code.replace("else 4", "else 1"), env) == "2 2"   # never below 2
+    assert run_python(code, {**env, "MALLOC_ARENA_MAX": "7"}) == "7 7"  # the user's value wins
+
+
+def test_release_free_memory_hands_freed_heap_pages_back():
+    """500 MB of small blocks freed stay resident until the heap is trimmed."""
+    import os
+
+    code = ("import psutil; from tfx_pipeline.machine import release_free_memory; "
+            "rss = lambda: psutil.Process().memory_info().rss >> 20; "
+            "blocks = [bytearray(1000) for _ in range(500_000)]; "
+            "keep = bytearray(1); peak = rss(); del blocks; freed = rss(); "
+            "release_free_memory(); print(peak, freed, rss())")
+    peak, freed, trimmed = map(int, run_python(code, dict(os.environ)).split())
+    assert freed > peak - 100          # freed by Python, still resident
+    assert trimmed < freed - 300       # handed back

@@ -222,11 +222,12 @@ def _check_model(args, spec):
 
 def command_run(args) -> int:
     from tfx_pipeline import run_lock
-    from tfx_pipeline.machine import configure_tensorflow_threads
+    from tfx_pipeline.machine import configure_tensorflow_threads, limit_malloc_arenas, usable_cpus
 
     # Before TensorFlow runs anything: the Trainer runs in this process under
     # LocalDagRunner, so these are the pools it trains with.
     configure_tensorflow_threads(args.intra_op_threads, args.inter_op_threads)
+    limit_malloc_arenas(usable_cpus())
 
     name = pipeline_name(args.dataset, args.model)
     pipeline_root = os.path.abspath(args.pipeline_root or os.path.join("pipelines", name))

@@ -24,6 +24,7 @@ from keras_models import registry
 from keras_models.input_options import steady_input
 from keras_models.layout import InputLayout, TaskLayout
 from serving.export import export_serving_model
+from tfx_pipeline.machine import release_free_memory
 from transform.preprocessing import vocabulary_name
 from transform.spec import DatasetSpec
 
@@ -156,3 +157,6 @@ def run_fn(fn_args):
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(serving_dir, ignore_errors=True)
+    # Under LocalDagRunner the Evaluator runs next in this same process.
+    del model, train, evaluation, features, labels
+    release_free_memory()
