@@ -15,6 +15,7 @@ import time
 
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2,
@@ -432,3 +433,29 @@ def test_an_internal_fault_is_internal_and_the_server_keeps_serving(tmp_path, ca
         assert code == grpc.StatusCode.INTERNAL          # the same fault, the same answer
     finally:
         server.stop(grace=1)
+
+
+# --- values never seen in training ---------------------------------------------------------------
+
+def test_categorical_values_never_seen_in_training_are_served(pushed, served):  # noqa: F811
+    """Unseen strings and ids map to the out-of-vocabulary ids: finite predictions, and
+    two unseen strings of a column with one OOV bucket get the same answer."""
+    _, rows_csv, _ = pushed
+    address, _, dtypes = served
+    rows = pd.read_csv(rows_csv).head(4)
+
+    def predict(**replaced):
+        inputs = {name: tf.make_tensor_proto(
+                      np.asarray(replaced.get(name, rows[name].to_numpy()), dtype=dtype)
+                      if dtype != object else [str(v).encode() for v in replaced.get(name, rows[name])])
+                  for name, dtype in dtypes.items()}
+        code, details, response = call(address, "Predict", predict_request(inputs, "predict_raw"))
+        assert code == grpc.StatusCode.OK, details
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    seen = predict()
+    unseen_a = predict(device=["never-seen-a"] * 4, item_id=[10**12] * 4)
+    unseen_b = predict(device=["never-seen-b"] * 4, item_id=[10**12] * 4)
+    for key in seen:
+        assert np.isfinite(unseen_a[key]).all() and unseen_a[key].shape == seen[key].shape, key
+        np.testing.assert_array_equal(unseen_a[key], unseen_b[key], err_msg=key)
