@@ -20,3 +20,23 @@ def hillstrom_csv():
     if not os.path.exists(path):
         pytest.skip(f"Hillstrom data not found at {path}; set HILLSTROM_CSV")
     return os.path.abspath(path)
+
+
+@pytest.fixture(scope="session")
+def pipeline_export(tmp_path_factory):
+    """The pushed version directory of one small pipeline run (shared_bottom on 3,000
+    synthetic rows), shared by every serving test module; each copies it, since
+    tests add and damage versions."""
+    import subprocess
+    import sys
+
+    from serving.predict import resolve_version_dir
+    from tfx_pipeline.cli import OPEN_QUALITY_GATES
+
+    root = tmp_path_factory.mktemp("serving-run")
+    subprocess.run([sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
+                    "--rows", "3000", "--train-steps", "60", "--eval-steps", "5",
+                    *OPEN_QUALITY_GATES,
+                    "--pipeline-root", str(root / "pipeline"), "--serving-dir", str(root / "serving")],
+                   cwd=REPO, check=True, capture_output=True, timeout=900)
+    return resolve_version_dir(str(root / "serving" / "shared_bottom"))

@@ -23,8 +23,6 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from conftest import REPO
 from serving import warmup
 from serving.client import ServingClient, ServingError, examples_from_csv
-from serving.predict import resolve_version_dir
-from tfx_pipeline.cli import OPEN_QUALITY_GATES
 from transform.datasets import synthetic
 
 pytestmark = pytest.mark.e2e
@@ -32,17 +30,11 @@ MODEL = "funnel"
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory):
+def pushed(pipeline_export, tmp_path_factory):
     """(base path with one version, rows CSV, serialized examples of those rows)."""
     root = tmp_path_factory.mktemp("serving")
-    subprocess.run([sys.executable, "-m", "tfx_pipeline", "run", "--dataset", "synthetic",
-                    "--rows", "3000", "--train-steps", "60", "--eval-steps", "5",
-                    *OPEN_QUALITY_GATES,
-                    "--pipeline-root", str(root / "pipeline"), "--serving-dir", str(root / "serving")],
-                   cwd=REPO, check=True, capture_output=True, timeout=900)
     base = root / "models" / MODEL
-    version_dir = resolve_version_dir(str(root / "serving" / "shared_bottom"))
-    shutil.copytree(version_dir, base / "1")
+    shutil.copytree(pipeline_export, base / "1")
     rows = root / "rows.csv"
     synthetic.generate(synthetic.FunnelConfig(rows=50, sample_seed=11)).to_csv(rows, index=False)
     loaded = tf.saved_model.load(str(base / "1"))
