@@ -314,3 +314,28 @@ def test_project_metrics_equal_tfma_builtins_on_a_fixed_run(tmp_path):
         assert len(got_plots[key]) == len(buckets) == 1002
         np.testing.assert_allclose(np.array(got_plots[key]), np.array(buckets), rtol=1e-9,
                                    atol=1e-12, err_msg=str(key))
+
+
+def test_sample_packs_float32_values_and_widens_for_any_other_value():
+    """Pairs are kept exactly: float32 storage while every value is a float32, float64
+    from the first that is not, across merges too."""
+    from tfx_pipeline.tfma_metrics import _Sample
+
+    narrow = _Sample()
+    for label, prediction in ((1.5, 0.25), (float(np.float32(0.1)), float(np.float32(3.3)))):
+        narrow.add(label, prediction)
+    assert narrow.labels.typecode == "f"
+    np.testing.assert_array_equal(narrow.values()[1], [0.25, np.float32(3.3)])
+
+    wide = _Sample()
+    wide.add(2.0**24 + 1, 0.5)          # an int64 label float32 cannot hold
+    wide.add(0.1, float("nan"))
+    assert wide.labels.typecode == "d"
+    narrow.extend(wide)
+    labels, predictions = narrow.values()
+    np.testing.assert_array_equal(labels, [1.5, np.float32(0.1), 2.0**24 + 1, 0.1])
+    assert np.isnan(predictions[-1]) and predictions[2] == 0.5 and labels.dtype == np.float64
+
+    overflow = _Sample()
+    overflow.add(1e39, 1.0)             # inf in float32
+    assert overflow.values()[0][0] == 1e39

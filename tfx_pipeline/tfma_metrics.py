@@ -42,15 +42,58 @@ _SAMPLE_NAME = "_core_target_sample"  # a leading "_" keeps it out of TFMA's out
 
 
 class _Sample:
-    """Labels and predictions of one slice's kept rows, as packed float64 arrays
-    (8 bytes a value), and the sum of the weights of every row seen."""
+    """Labels and predictions of one slice's kept rows, packed, and the sum of the
+    weights of every row seen.
+
+    The pairs are packed as float32 (4 bytes a value) while every value is exactly a
+    float32, which the labels of tf.Example float features and a model's float32
+    outputs always are, and as float64 from the first value that is not (an int64
+    label above 2**24, say). So `values()` is always exactly what TFMA passed, in
+    half the memory of float64 in the usual case (the Evaluator at 10M rows holds
+    8M pairs per output across processes; docs/scale.md).
+    """
 
     __slots__ = ("labels", "predictions", "weight")
 
     def __init__(self):
-        self.labels = array("d")
-        self.predictions = array("d")
+        self.labels = array("f")
+        self.predictions = array("f")
         self.weight = 0.0
+
+    def add(self, label: float, prediction: float) -> None:
+        self.labels.append(label)
+        self.predictions.append(prediction)
+        if self.labels.typecode == "f" and not (_same(self.labels[-1], label)
+                                                and _same(self.predictions[-1], prediction)):
+            self.labels.pop()
+            self.predictions.pop()
+            self.widen()
+            self.labels.append(label)
+            self.predictions.append(prediction)
+
+    def widen(self) -> None:
+        """Switches to float64 storage, keeping the values."""
+        if self.labels.typecode == "f":
+            self.labels = array("d", self.labels)
+            self.predictions = array("d", self.predictions)
+
+    def extend(self, other: "_Sample") -> None:
+        if other.labels.typecode != self.labels.typecode:
+            self.widen()
+            other.widen()
+        self.labels.extend(other.labels)
+        self.predictions.extend(other.predictions)
+        self.weight += other.weight
+
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, predictions): (n,) float64."""
+        dtype = np.float32 if self.labels.typecode == "f" else np.float64
+        return (np.frombuffer(self.labels, dtype=dtype).astype(np.float64),
+                np.frombuffer(self.predictions, dtype=dtype).astype(np.float64))
+
+
+def _same(stored: float, given: float) -> bool:
+    return stored == given or (stored != stored and given != given)   # NaN is NaN
 
 
 def _lookup(value, model_name: str, output_name: str):
@@ -112,23 +155,18 @@ class _SampleCombiner(_OutputCombiner):
         for label, prediction, weight in zip(*self._rows(element)):
             accumulator.weight += weight
             if weight != 0:
-                accumulator.labels.append(label)
-                accumulator.predictions.append(prediction)
+                accumulator.add(label, prediction)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[_Sample]) -> _Sample:
         accumulators = iter(accumulators)
         merged = next(accumulators)
         for other in accumulators:
-            merged.labels.extend(other.labels)
-            merged.predictions.extend(other.predictions)
-            merged.weight += other.weight
+            merged.extend(other)
         return merged
 
     def extract_output(self, accumulator: _Sample) -> dict:
-        return {self._key: SampleValues(np.frombuffer(accumulator.labels, dtype=np.float64),
-                                        np.frombuffer(accumulator.predictions, dtype=np.float64),
-                                        accumulator.weight)}
+        return {self._key: SampleValues(*accumulator.values(), accumulator.weight)}
 
 
 class SampleValues(NamedTuple):
