@@ -69,6 +69,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
+from serving.client import examples_request  # noqa: E402
 from tfx_pipeline.cli import OPEN_QUALITY_GATES  # noqa: E402
 from tfx_pipeline.machine import cpu_description  # noqa: E402
 
@@ -183,16 +184,6 @@ def predict_request(name: str, inputs: dict, signature: str = "",
         request.model_spec.version.value = version
     for key, proto in inputs.items():
         request.inputs[key].CopyFrom(proto)
-    return request
-
-
-def examples_request(kind, name: str, signature: str, examples: list[bytes]):
-    """A ClassificationRequest or RegressionRequest (`kind`) holding `examples`."""
-    request = kind()
-    request.model_spec.name = name
-    request.model_spec.signature_name = signature
-    for record in examples:
-        request.input.example_list.examples.add().ParseFromString(record)
     return request
 
 

@@ -149,6 +149,17 @@ class _Calls:
         return {name: names[info.dtype] for name, info in signatures[RAW_SIGNATURE].inputs.items()}
 
 
+def examples_request(kind, model_name: str, signature: str, examples: Sequence[bytes]):
+    """A ClassificationRequest or RegressionRequest (`kind`) for `examples` (serialized
+    tf.Examples) to `signature` of the newest version of `model_name`."""
+    request = kind()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    for record in examples:
+        request.input.example_list.examples.add().ParseFromString(record)
+    return request
+
+
 @dataclasses.dataclass
 class ServingClient(_Calls):
     """PredictionService and ModelService calls for one model.
@@ -233,20 +244,18 @@ class ServingClient(_Calls):
         """Classify API: a ClassificationResult with one Classifications per example."""
         from tensorflow_serving.apis import classification_pb2
 
-        request = classification_pb2.ClassificationRequest()
+        request = examples_request(classification_pb2.ClassificationRequest, self.model_name,
+                                   signature, examples)
         self._model_spec(request.model_spec, signature)
-        for record in examples:
-            request.input.example_list.examples.add().ParseFromString(record)
         return self._call(self._predictions.Classify, request).result
 
     def regress(self, examples: Sequence[bytes], signature: str) -> np.ndarray:
         """Regress API: one value per example."""
         from tensorflow_serving.apis import regression_pb2
 
-        request = regression_pb2.RegressionRequest()
+        request = examples_request(regression_pb2.RegressionRequest, self.model_name,
+                                   signature, examples)
         self._model_spec(request.model_spec, signature)
-        for record in examples:
-            request.input.example_list.examples.add().ParseFromString(record)
         result = self._call(self._predictions.Regress, request).result
         return np.array([r.value for r in result.regressions], dtype=np.float32)
 

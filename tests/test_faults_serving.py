@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.client import examples_request as client_examples_request
 from serving.local_server import LocalServer
 from serving.servables import ModelVersions
 from test_serving import MODEL, methods, pushed  # noqa: F401  (the pipeline-run fixture, reused)
@@ -165,12 +166,7 @@ def predict_request(inputs: dict, signature: str = "", name: str = MODEL):
 
 def examples_request(kind, examples, signature: str):
     """A Classify or Regress request (kind: ClassificationRequest or RegressionRequest)."""
-    request = kind()
-    request.model_spec.name = MODEL
-    request.model_spec.signature_name = signature
-    for record in examples:
-        request.input.example_list.examples.add().ParseFromString(record)
-    return request
+    return client_examples_request(kind, MODEL, signature, examples)
 
 
 def call(address, method: str, request):
