@@ -25,17 +25,17 @@ setup:
 # for a few raw rows (from the unblessed candidate, said so, when the gates refused it:
 # the demo shows the whole flow either way).
 demo: setup
-	$(RUN) python -m tfx_pipeline run --dataset synthetic --rows $(DEMO_ROWS) --pipeline-root $(DEMO_ROOT) --serving-dir $(DEMO_SERVING)
-	$(RUN) python -m tfx_pipeline report --pipeline-root $(DEMO_ROOT)
-	$(RUN) python -m transform.datasets.synthetic --rows 5 --sample-seed 99 --output $(DEMO_ROOT)/sample_rows.csv
+	$(RUN) funnelstack run --dataset synthetic --rows $(DEMO_ROWS) --pipeline-root $(DEMO_ROOT) --serving-dir $(DEMO_SERVING)
+	$(RUN) funnelstack report --pipeline-root $(DEMO_ROOT)
+	$(RUN) funnelstack generate --rows 5 --sample-seed 99 --output $(DEMO_ROOT)/sample_rows.csv
 	@model=$(DEMO_SERVING)/shared_bottom; \
 	if [ ! -d "$$model" ]; then \
 	  model=$$(ls -td $(DEMO_ROOT)/ServingWarmup/warm_model/*/Format-Serving | head -1); \
 	  echo "the candidate was not blessed (see the gate failures above), so nothing was pushed;" \
 	       "its predictions come from $$model instead" >&2; \
 	fi; \
-	echo "$(RUN) python -m serving.predict --model-dir $$model --csv $(DEMO_ROOT)/sample_rows.csv"; \
-	$(RUN) python -m serving.predict --model-dir "$$model" --csv $(DEMO_ROOT)/sample_rows.csv
+	echo "funnelstack predict --model-dir $$model --csv $(DEMO_ROOT)/sample_rows.csv"; \
+	$(RUN) funnelstack predict --model-dir "$$model" --csv $(DEMO_ROOT)/sample_rows.csv
 
 # pytest exits 5 when it collects no tests; that is reported, not hidden.
 test: setup
@@ -47,13 +47,13 @@ test-fast: setup
 
 # Every model on the synthetic funnel and on Hillstrom, 3 seeds each -> docs/results.md.
 compare: setup
-	$(RUN) python -m tfx_pipeline.compare --seeds 3 --output docs/results.md
+	$(RUN) funnelstack compare --seeds 3 --output docs/results.md
 
 bench: setup
 	$(RUN) python benchmarks/train_throughput.py
 
 compile-kubeflow: setup
-	$(RUN) python -m tfx_pipeline compile --output pipelines/kubeflow/funnel-pipeline
+	$(RUN) funnelstack compile --output pipelines/kubeflow/funnel-pipeline
 
 # The pipeline image (docs/image.md): `docker build` where a Docker engine answers,
 # otherwise a `docker load` archive at $(IMAGE_ARCHIVE) written from the project's

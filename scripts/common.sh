@@ -3,7 +3,8 @@
 # FUNNEL_HOME     where the runtime lives (outside the repository);
 #                 default: ${XDG_CACHE_HOME:-$HOME/.cache}/funnelstack
 # FUNNEL_ROOTFS   the Debian 13 root filesystem used on hosts whose glibc is
-#                 older than 2.39; default: $FUNNEL_HOME/rootfs-trixie
+#                 older than 2.39 or whose python3 is not 3.12-3.13 (see
+#                 FUNNEL_PYTHON_MIN below); default: $FUNNEL_HOME/rootfs-trixie
 # FUNNEL_RUNTIME  force "venv" (plain virtualenv on the host) or "rootfs";
 #                 default: detected from the host's glibc and Python.
 
@@ -21,12 +22,28 @@ version_ge() {  # version_ge A B: true when version A >= version B
   [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
 }
 
+# The Pythons a plain venv is made with: those for which every pin in constraints.txt
+# has a wheel. 3.10 and 3.11 lack numpy 2.4.6 (>= 3.11), matplotlib 3.11.2 (>= 3.11),
+# keras-rs 0.4 (>= 3.11) and scipy 1.18.1 (>= 3.12); 3.14 lacks tfx 1.21 and
+# tensorflow-model-analysis 0.52 (both < 3.14) and a TensorFlow 2.21 wheel. Other
+# hosts get the Debian 13 runtime (Python 3.13). The code itself is kept 3.10-clean
+# (tests/test_python_versions.py).
+FUNNEL_PYTHON_MIN=3.12
+FUNNEL_PYTHON_MAX=3.13
+
+host_python_version() {  # major.minor of the host's python3, or "none"
+  python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none
+}
+
+python_supported() {  # python_supported 3.12: within FUNNEL_PYTHON_MIN..FUNNEL_PYTHON_MAX
+  [ "$1" != none ] && version_ge "$1" "$FUNNEL_PYTHON_MIN" && version_ge "$FUNNEL_PYTHON_MAX" "$1"
+}
+
 detect_runtime() {
   if [ -n "${FUNNEL_RUNTIME:-}" ]; then echo "$FUNNEL_RUNTIME"; return; fi
-  local glibc py
+  local glibc
   glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
-  py=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 0)
-  if [ -n "$glibc" ] && version_ge "$glibc" 2.39 && version_ge "$py" 3.10 && ! version_ge "$py" 3.14; then
+  if [ -n "$glibc" ] && version_ge "$glibc" 2.39 && python_supported "$(host_python_version)"; then
     echo venv
   else
     echo rootfs
@@ -35,7 +52,8 @@ detect_runtime() {
 
 # A fingerprint of what the environment must contain; setup re-installs when it changes.
 requirements_fingerprint() {
-  cat "$FUNNEL_REPO/requirements.txt" "$FUNNEL_REPO/constraints.txt" 2>/dev/null | sha256sum | cut -c1-16
+  cat "$FUNNEL_REPO/requirements.txt" "$FUNNEL_REPO/requirements-test.txt" \
+      "$FUNNEL_REPO/constraints.txt" 2>/dev/null | sha256sum | cut -c1-16
 }
 
 # Sets FUNNEL_SHARED_DIRS: host directories visible inside the rootfs at the same

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the TFX 1.21 runtime.
 #
-# On a host with glibc >= 2.39 and Python 3.10-3.13: a plain venv.
-# Otherwise (for example Debian 12): a Debian 13 root filesystem built with
-# debootstrap, outside the repository, with the venv inside it. Everything is
+# On a host with glibc >= 2.39 and Python 3.12-3.13 (FUNNEL_PYTHON_MIN/MAX in
+# common.sh: the Pythons every pin in constraints.txt has wheels for): a plain venv.
+# Otherwise (for example Debian 12, or a host whose python3 is 3.11): a Debian 13
+# root filesystem built with debootstrap, outside the repository, with the venv
+# inside it. Everything is
 # then run through scripts/run, which enters whichever runtime was set up.
 # Re-running only does what is missing; a changed requirements.txt or
 # constraints.txt triggers a re-install of the Python packages.
@@ -11,12 +13,25 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 pip_install_args() {
-  local args=(-r "$FUNNEL_REPO/requirements.txt")
+  local args=(-r "$FUNNEL_REPO/requirements.txt" -r "$FUNNEL_REPO/requirements-test.txt")
   [ -s "$FUNNEL_REPO/constraints.txt" ] && args+=(-c "$FUNNEL_REPO/constraints.txt")
   printf '%s\n' "${args[@]}"
 }
 
+# Refuses a venv on a Python the pinned packages have no wheels for, before making one.
+check_venv_python() {
+  local py
+  if [ -x "$FUNNEL_HOST_VENV/bin/python" ]; then
+    py=$("$FUNNEL_HOST_VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)
+  else
+    py=$(host_python_version)
+  fi
+  python_supported "$py" && return
+  die "Python $py (python3 on PATH) cannot take funnelstack's pinned packages: a plain venv needs Python $FUNNEL_PYTHON_MIN-$FUNNEL_PYTHON_MAX (constraints.txt pins scipy 1.18.1, which needs >= 3.12, and tfx 1.21, which needs < 3.14). Put a python3 of $FUNNEL_PYTHON_MIN-$FUNNEL_PYTHON_MAX first on PATH, or unset FUNNEL_RUNTIME to use the Debian 13 runtime (needs root); see README.md, Setup."
+}
+
 setup_host_venv() {
+  check_venv_python
   local marker="$FUNNEL_HOST_VENV/.installed-$(requirements_fingerprint)"
   if [ -f "$marker" ]; then log "venv up to date: $FUNNEL_HOST_VENV"; return; fi
   log "creating venv in $FUNNEL_HOST_VENV"
@@ -67,7 +82,7 @@ sync_ca_certificates() {
 }
 
 setup_rootfs() {
-  [ "$(id -u)" = 0 ] || die "the Debian 13 root filesystem runtime needs root (chroot, mount)"
+  [ "$(id -u)" = 0 ] || die "the Debian 13 root filesystem runtime needs root (chroot, mount). It is used because this host cannot take a plain venv, which needs glibc >= 2.39 and Python $FUNNEL_PYTHON_MIN-$FUNNEL_PYTHON_MAX (here: $(getconf GNU_LIBC_VERSION 2>/dev/null || echo 'no glibc'), Python $(host_python_version))"
   check_rootfs_location
   mkdir -p "$FUNNEL_HOME"
   bootstrap_rootfs
@@ -85,9 +100,44 @@ setup_rootfs() {
   touch "$marker"
 }
 
+# The project itself, installed in editable mode: the `funnelstack` command in the
+# runtime's PATH, importing this work tree's code. Re-done when the work tree moves
+# (a fresh clone elsewhere) or pyproject.toml changes; takes a few seconds.
+install_project() {
+  local venv=$1 root=$2   # the venv as seen from inside the runtime; the runtime's root ("" for venv)
+  local marker="$root$venv/.project-$(printf '%s\n' "$FUNNEL_REPO" | cat - "$FUNNEL_REPO/pyproject.toml" | sha256sum | cut -c1-16)"
+  [ -f "$marker" ] && return
+  log "installing the funnelstack package (editable, from $FUNNEL_REPO)"
+  local run=(env)
+  [ -n "$root" ] && run=(env FUNNEL_SKIP_SETUP=1 "$FUNNEL_REPO/scripts/run")
+  local output
+  # setuptools warns about every editable install; its output matters only on failure.
+  output=$("${run[@]}" "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$FUNNEL_REPO" 2>&1) \
+    || { printf '%s\n' "$output" >&2; die "installing the funnelstack package failed"; }
+  rm -f "$root$venv"/.project-*
+  touch "$marker"
+}
+
+# `funnelstack` on the host's PATH: a two-line script that enters the runtime
+# (scripts/run) from whatever directory it is called in. Written when
+# FUNNEL_BIN_DIR (default /usr/local/bin) is writable, else a note says how to call it.
+install_command() {
+  local dir=${FUNNEL_BIN_DIR:-/usr/local/bin} wanted
+  wanted=$(printf '#!/bin/sh\n# Written by %s/scripts/setup.sh: the funnelstack command in its runtime.\nexec "%s/scripts/run" funnelstack "$@"\n' "$FUNNEL_REPO" "$FUNNEL_REPO")
+  [ -f "$dir/funnelstack" ] && [ "$(cat "$dir/funnelstack")" = "$wanted" ] && return
+  if [ -d "$dir" ] && [ -w "$dir" ]; then
+    printf '%s\n' "$wanted" >"$dir/funnelstack.partial" && chmod 755 "$dir/funnelstack.partial" \
+      && mv "$dir/funnelstack.partial" "$dir/funnelstack"
+    log "installed the funnelstack command in $dir"
+  else
+    log "note: $dir is not writable, so funnelstack is not on PATH; call $FUNNEL_REPO/scripts/run funnelstack"
+  fi
+}
+
 case "$(detect_runtime)" in
-  venv) setup_host_venv ;;
-  rootfs) setup_rootfs ;;
+  venv) setup_host_venv; install_project "$FUNNEL_HOST_VENV" "" ;;
+  rootfs) setup_rootfs; install_project "$FUNNEL_ROOTFS_VENV" "$FUNNEL_ROOTFS" ;;
   *) die "FUNNEL_RUNTIME must be 'venv' or 'rootfs'" ;;
 esac
+install_command
 log "runtime ready ($(detect_runtime))"

@@ -485,9 +485,9 @@ def examples_from_csv(path: str, feature_types: dict[str, str]) -> list[bytes]:
     return examples
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m serving.client") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.client",
+        prog=prog,
         description="Call a model served over TF Serving's gRPC or REST API.")
     parser.add_argument("--target", default="localhost:8500", help="host:port (gRPC)")
     parser.add_argument("--rest", metavar="URL",

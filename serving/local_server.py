@@ -388,8 +388,8 @@ class LocalServer:
         self.watcher.stop()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.local_server",
+def build_parser(prog: str = "python -m serving.local_server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-name")
     parser.add_argument("--model-base-path", help="directory of numeric version directories")
@@ -433,8 +433,8 @@ def start_server(args, tls) -> LocalServer:
         return start(None)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: str = "python -m serving.local_server") -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tls = None
     if args.ssl_key_file or args.ssl_cert_file:

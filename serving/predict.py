@@ -76,8 +76,8 @@ def predict(version_dir: str, serialized: list[bytes]) -> dict[str, np.ndarray]:
     return {name: tensor.numpy() for name, tensor in outputs.items()}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.predict", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str = "python -m serving.predict") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--csv", required=True, help="rows with the raw feature columns")
     args = parser.parse_args(argv)

@@ -1,9 +1,12 @@
-import os
+"""`python -m tfx_pipeline {run,compile,report}`: the same as `funnelstack run|compile|report`."""
+
 import sys
 
-# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU hosts) unless asked for.
-if "--verbose" not in sys.argv:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfx_pipeline import quiet
+
+# Before TensorFlow is imported: its start-up lines go to the run log, not the terminal.
+if not quiet.verbose_requested(sys.argv):
+    quiet.install()
 
 from tfx_pipeline.cli import main  # noqa: E402
 

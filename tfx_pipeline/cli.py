@@ -136,8 +136,8 @@ def _add_model_args(parser):
                              "most this; 1.0 is the error of predicting the mean everywhere")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tfx_pipeline",
+def build_parser(prog: str = "python -m tfx_pipeline") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Multi-step conversion models on TFX.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -345,8 +345,8 @@ def _written_directories(args) -> list[str]:
     return [os.path.abspath(p) for p in paths if p and "://" not in p]
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(join_beam_args(sys.argv[1:] if argv is None else list(argv)))
+def main(argv=None, prog: str = "python -m tfx_pipeline") -> int:
+    args = build_parser(prog).parse_args(join_beam_args(sys.argv[1:] if argv is None else list(argv)))
     try:
         commands = {"run": command_run, "compile": command_compile, "report": command_report}
         return commands[args.command](args)

@@ -365,8 +365,8 @@ def quality_goals(means: dict, target: str | None, paper_check: bool,
     return lines
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tfx_pipeline.compare",
+def main(argv=None, prog: str = "python -m tfx_pipeline.compare") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="synthetic,hillstrom")
     parser.add_argument("--models", default="shared_bottom,mmoe,ple,esmm,aitm,apem,htlnet,trees",

@@ -83,6 +83,9 @@ def attach(total: int, verbose: bool = False, log_path: str | None = None) -> Co
         root.addHandler(to_file)
         ours.append(to_file)
         _log_path = log_path
+        from tfx_pipeline import quiet
+
+        quiet.send_held_lines_to(log_path)   # TensorFlow's native lines, held off the terminal
         # A full disk must not turn every later record into a traceback on stderr.
         logging.raiseExceptions = False
     if not verbose:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 import numpy as np
 import pandas as pd
@@ -224,8 +225,8 @@ def write_csv(path: str, config: FunnelConfig = FunnelConfig()) -> str:
     return path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the synthetic funnel as CSV.")
+def main(argv=None, prog: str = "python -m transform.datasets.synthetic") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Write the synthetic funnel as CSV.")
     parser.add_argument("--rows", type=int, default=FunnelConfig.rows)
     parser.add_argument("--seed", type=int, default=FunnelConfig.seed, help="fixes the world")
     parser.add_argument("--sample-seed", type=int, help="fixes which rows are drawn (default: --seed)")
@@ -238,7 +239,8 @@ def main(argv=None):
                           conversion_rate=args.conversion_rate)
     write_csv(args.output, config)
     print(f"wrote {args.rows} rows to {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
