@@ -5,8 +5,8 @@
 # common.sh: the Pythons every pin in constraints.txt has wheels for): a plain venv.
 # Otherwise (for example Debian 12, or a host whose python3 is 3.11): a Debian 13
 # root filesystem built with debootstrap, outside the repository, with the venv
-# inside it. Everything is
-# then run through scripts/run, which enters whichever runtime was set up.
+# inside it. Everything is then run through scripts/run, which enters whichever
+# runtime was set up.
 # Re-running only does what is missing; a changed requirements.txt or
 # constraints.txt triggers a re-install of the Python packages.
 set -euo pipefail
@@ -27,7 +27,7 @@ check_venv_python() {
     py=$(host_python_version)
   fi
   python_supported "$py" && return
-  die "Python $py (python3 on PATH) cannot take funnelstack's pinned packages: a plain venv needs Python $FUNNEL_PYTHON_MIN-$FUNNEL_PYTHON_MAX (constraints.txt pins scipy 1.18.1, which needs >= 3.12, and tfx 1.21, which needs < 3.14). Put a python3 of $FUNNEL_PYTHON_MIN-$FUNNEL_PYTHON_MAX first on PATH, or unset FUNNEL_RUNTIME to use the Debian 13 runtime (needs root); see README.md, Setup."
+  die "Python $py (python3 on PATH) cannot take funnelstack's pinned packages: a plain venv needs Python $FUNNEL_PYTHON_MIN-$FUNNEL_PYTHON_MAX (constraints.txt pins scipy 1.18.1, which needs >= 3.12, and tfx 1.21, which needs < 3.14). Put a python3 of $FUNNEL_PYTHON_MIN-$FUNNEL_PYTHON_MAX first on PATH, or unset FUNNEL_RUNTIME to use the Debian 13 runtime (needs root); see README.md, 'The runtime'."
 }
 
 setup_host_venv() {

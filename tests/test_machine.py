@@ -112,3 +112,63 @@ def test_release_free_memory_hands_freed_heap_pages_back():
     peak, freed, trimmed = map(int, run_python(code, dict(os.environ)).split())
     assert freed > peak - 100          # freed by Python, still resident
     assert trimmed < freed - 300       # handed back
+
+
+def test_usable_cpus_is_the_affinity_mask_not_the_machines_count(monkeypatch):
+    """A container or `taskset` limits the CPUs a process may run on; TensorFlow's and
+    Beam's pools are sized by that, not by every core the machine has."""
+    import os
+
+    from tfx_pipeline import machine
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    assert machine.usable_cpus() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(), raising=False)
+    assert machine.usable_cpus() == 1          # never 0
+
+
+def test_usable_cpus_falls_back_to_the_cpu_count_without_an_affinity_mask(monkeypatch):
+    """macOS and some other systems have no os.sched_getaffinity; where the call fails
+    (OSError) the count is the machine's, and at least 1 when even that is unknown."""
+    import os
+
+    from tfx_pipeline import machine
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert machine.usable_cpus() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert machine.usable_cpus() == 1
+
+    def refused(pid):
+        raise OSError("not permitted")
+
+    monkeypatch.setattr(os, "sched_getaffinity", refused, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert machine.usable_cpus() == 3
+
+
+def test_usable_cpus_never_needs_os_process_cpu_count(monkeypatch):
+    """os.process_cpu_count exists only from Python 3.13; the project supports 3.10 on."""
+    import os
+
+    from tfx_pipeline import machine
+
+    monkeypatch.delattr(os, "process_cpu_count", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1, 2, 5}, raising=False)
+    assert machine.usable_cpus() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert machine.usable_cpus() == 4
+
+
+def test_usable_cpus_matches_this_process_affinity():
+    import os
+
+    from tfx_pipeline.machine import usable_cpus
+
+    if hasattr(os, "sched_getaffinity"):
+        assert usable_cpus() == len(os.sched_getaffinity(0))
+    else:
+        assert usable_cpus() == (os.cpu_count() or 1)
