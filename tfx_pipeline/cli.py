@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -46,17 +45,6 @@ def local_beam_args(given: str, rows: int, cpus: int) -> tuple[str, ...]:
         return ()
     return ("--direct_running_mode=multi_processing",
             f"--direct_num_workers={min(cpus, MAX_LOCAL_BEAM_WORKERS)}")
-
-
-def code_fingerprint() -> str:
-    """Hash of the project's Python sources; a change re-runs Transform and Trainer."""
-    root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for package in ("keras_models", "transform", "tfx_pipeline", "serving"):
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def parse_hparams(value: str | None) -> dict:
@@ -193,6 +181,7 @@ def _config(args, examples_dir, spec, pipeline_root: str, name: str | None = Non
     what the arguments say (compile passes runtime parameters, run the Beam
     arguments it chose)."""
     from tfx_pipeline.eval_config import Gates
+    from tfx_pipeline.fingerprint import code_fingerprints
     from tfx_pipeline.pipeline import PipelineConfig
 
     return PipelineConfig(
@@ -208,7 +197,7 @@ def _config(args, examples_dir, spec, pipeline_root: str, name: str | None = Non
         gates=Gates(args.min_auc, args.max_auc_drop, args.max_gini_drop, args.core_calibration,
                     args.max_core_nrmse),
         beam_args=tuple(args.beam_args.split()) if beam_args is None else beam_args,
-        code_fingerprint=code_fingerprint(),
+        code_fingerprints=code_fingerprints(),
         schema_path=os.path.abspath(args.schema) if getattr(args, "schema", None) else None)
 
 

@@ -61,7 +61,10 @@ class PipelineConfig:
     strategy: str = "default"    # tf.distribute strategy of the Trainer (trainer.make_strategy)
     gates: Gates = Gates()
     beam_args: Sequence[str] = ()
-    code_fingerprint: str = ""   # part of custom_config so code changes invalidate the cache
+    # {"transform": ..., "trainer": ...}: the hash of the project code each of the two
+    # runs (tfx_pipeline.fingerprint), in its custom_config, so that a change of that
+    # code, and only of that code, re-runs it instead of reusing the cached run.
+    code_fingerprints: Mapping[str, str] = dataclasses.field(default_factory=dict)
     schema_path: str | None = None  # a curated schema.pbtxt; None infers one with SchemaGen
     # Transform's own statistics: pre-transform (what StatisticsGen already computed)
     # and post-transform with anomalies. Off by default: on Beam's DirectRunner the
@@ -100,8 +103,10 @@ def transform_component(examples, schema, spec: DatasetSpec, code_fingerprint: s
                         statistics: bool = False) -> tfx.components.Transform:
     """tf.Transform over `examples` with the project's preprocessing_fn.
 
-    `statistics` turns on Transform's own pre- and post-transform statistics
-    (PipelineConfig.transform_statistics says why they are off by default).
+    `code_fingerprint` is the hash of the project code the Transform runs
+    (tfx_pipeline.fingerprint); `statistics` turns on Transform's own pre- and
+    post-transform statistics (PipelineConfig.transform_statistics says why they
+    are off by default).
     """
     return tfx.components.Transform(
         examples=examples, schema=schema, preprocessing_fn=PREPROCESSING_FN,
@@ -123,7 +128,8 @@ def create_components(config: PipelineConfig) -> list:
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
     transform = transform_component(examples, schema_gen.outputs["schema"], config.spec,
-                                    config.code_fingerprint, config.transform_statistics)
+                                    config.code_fingerprints.get("transform", ""),
+                                    config.transform_statistics)
     transform.add_upstream_node(gate)
     trainer = ModelTrainer(
         run_fn=RUN_FN,
@@ -134,7 +140,8 @@ def create_components(config: PipelineConfig) -> list:
         eval_steps=config.eval_steps,
         custom_config={"spec": spec_json, "hparams": dict(config.hparams),
                        "batch_size": config.batch_size, "seed": config.seed,
-                       "strategy": config.strategy, "code": config.code_fingerprint},
+                       "strategy": config.strategy,
+                       "code": config.code_fingerprints.get("trainer", "")},
     ).with_id("Trainer")
     warmup = ServingWarmup(model=trainer.outputs["model"], examples=examples)
     baseline = tfx.dsl.Resolver(
