@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,9 +24,16 @@ from transform.datasets import synthetic
 pytestmark = pytest.mark.e2e
 
 
-def cli(*args, check=True):
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=900)
+# The installed command (make setup: pip install -e .), beside this interpreter.
+FUNNELSTACK = os.path.join(os.path.dirname(sys.executable), "funnelstack")
+# A line of TensorFlow's native (absl) logging, which must not reach the terminal.
+NATIVE_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:", re.MULTILINE)
+
+
+def cli(*args, check=True, cwd=REPO):
+    """Runs `python ARGS`, or the installed command for `cli("funnelstack", ...)`, in `cwd`."""
+    command = [FUNNELSTACK, *args[1:]] if args[0] == "funnelstack" else [sys.executable, *args]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed:\n{result.stderr[-3000:]}")
     return result
@@ -77,11 +85,24 @@ def synthetic_run(tmp_path_factory):
     # 6,000 rows hold about 15 conversions in the eval split: the core target's
     # calibration and NRMSE there are noise, so their gates are opened here (the AUC
     # gates stay); test_heavy_tailed_target_and_saturated_step exercises them.
-    args = ["-m", "tfx_pipeline", "run", "--dataset", "synthetic", "--rows", "6000",
+    # Run as a user would: the installed command, from a directory outside the repository.
+    args = ["funnelstack", "run", "--dataset", "synthetic", "--rows", "6000",
             "--train-steps", "200", "--eval-steps", "20", *OPEN_CORE_GATES,
             "--pipeline-root", str(root / "pipeline"), "--serving-dir", str(root / "serving")]
-    first = cli(*args)
+    first = cli(*args, cwd=root)
     return root, args, first
+
+
+def test_run_output_is_quiet_and_the_native_lines_are_in_the_run_log(synthetic_run):
+    root, _, first = synthetic_run
+    terminal = first.stdout + first.stderr
+    assert not NATIVE_LINE.search(terminal), NATIVE_LINE.search(terminal).group(0)
+    assert "absl::InitializeLog" not in terminal and "is deprecated" not in terminal
+    assert "Warning:" not in terminal, terminal
+    # TensorFlow reports its oneDNN and CUDA state at start-up on every x86 host:
+    # those lines were held back from the terminal and written to the run log.
+    (log,) = glob.glob(str(root / "pipeline" / "logs" / "run-*.log"))
+    assert NATIVE_LINE.search(open(log).read())
 
 
 def test_synthetic_run_blesses_and_pushes(synthetic_run):
@@ -380,8 +401,11 @@ def test_report_renders_offline_from_the_run(synthetic_run, tmp_path):
     import re
 
     root, _, _ = synthetic_run
-    cli("-m", "tfx_pipeline", "report", "--pipeline-root", str(root / "pipeline"),
-        "--output", str(tmp_path / "report"))
+    result = cli("funnelstack", "report", "--pipeline-root", str(root / "pipeline"),
+                 "--output", str(tmp_path / "report"), cwd=tmp_path)
+    # Quiet: one line, where TFMA's reader would log TensorFlow deprecation notices too.
+    assert result.stderr.splitlines() == [f"wrote {tmp_path / 'report' / 'index.html'}"], \
+        result.stderr
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Not blessed, not pushed." in page
     assert "click_prob auc changed by -" in page
