@@ -380,7 +380,7 @@ class APEM(MultiTaskModel):
 
     def patterns(self, inputs):
         """P (B, F, d) and the last SE gates (B, F), from raw model inputs."""
-        return self.transformer(self.embedding(inputs), return_gates=True)
+        return self.transformer(self.crossed(self.embedding(inputs)), return_gates=True)
 
     def compute_heads(self, fields, training=False) -> Heads:
         patterns = self.transformer(fields)

@@ -4,8 +4,9 @@ Subclasses build their layers (with one output layer per label from
 `output_layers`) and implement `compute_heads`, which returns the marginal
 probability of each binary step and, where the chain has one, the core tower's
 raw output. The base class embeds
-the inputs (FieldEmbedding, shared by every task) and hands the embedded fields
-(batch, F, d) to `compute_heads`; it turns heads into the output contract (see
+the inputs (FieldEmbedding, shared by every task), optionally crosses them
+(keras_models.feature_cross, hyper-parameter `feature_cross_layers`), and hands
+the fields (batch, F, d) to `compute_heads`; it turns heads into the output contract (see
 `layout`), owns the losses and the training step, and tracks one loss per task.
 
 Objectives for the binary steps (`objective`; MODELS.md §B.1):
@@ -29,6 +30,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_models.core_heads import make_core_head, masked_mean
+from keras_models.feature_cross import make_field_cross
 from keras_models.gradients import GradientConfig, GradientHandler
 from keras_models.input_options import steady_input
 from keras_models.layers import PACKAGE, FieldEmbedding
@@ -61,6 +63,11 @@ class CommonHParams:
       "off" or "auto" (XLA for models that are faster with it on CPU too, i.e.
       `xla_on_cpu`, when gradient_rule is "none"; otherwise Keras' rule, XLA on
       GPUs and TPUs only). See keras_models.registry.jit_compile_setting.
+    feature_cross_layers: N DCN-v2 cross layers (keras-rs FeatureCross) over the
+      concatenated field embeddings before the model's own layers; 0 (default)
+      for none. See keras_models.feature_cross.
+    feature_cross_projection_dim: 0 for full-rank cross kernels (F*d, F*d), r > 0
+      for low-rank ones (F*d, r) x (r, F*d).
     """
 
     embedding_dim: int = 16
@@ -76,6 +83,8 @@ class CommonHParams:
     prior_bias: bool = True
     recalibrate: bool = True
     jit_compile: str = "auto"
+    feature_cross_layers: int = 0
+    feature_cross_projection_dim: int = 0
 
     @classmethod
     def from_dict(cls, values):
@@ -161,6 +170,8 @@ class MultiTaskModel(keras.Model):
         self.hparams = self.hparams_class.from_dict(hparams or {})
         self.embedding = FieldEmbedding(self.input_layout.to_config(), self.hparams.embedding_dim,
                                         name="field_embedding")
+        self.field_cross = make_field_cross(self.hparams.feature_cross_layers,
+                                            self.hparams.feature_cross_projection_dim)
         tasks = self.task_layout
         self.objective = getattr(self.hparams, "objective", "entire_space")
         self.constraint_weight = getattr(self.hparams, "constraint_weight", 0.0)
@@ -192,7 +203,13 @@ class MultiTaskModel(keras.Model):
 
     # -- outputs ---------------------------------------------------------------
     def call(self, inputs, training=False):
-        return self._outputs(self.compute_heads(self.embedding(inputs), training=training))
+        return self._outputs(self.compute_heads(self.crossed(self.embedding(inputs)),
+                                                training=training))
+
+    def crossed(self, fields):
+        """fields (B, F, d) from the embedding -> (B, F, d) the model's layers read: the
+        DCN-v2 crosses of the fields with `feature_cross_layers` > 0, else the fields."""
+        return fields if self.field_cross is None else self.field_cross(fields)
 
     def _outputs(self, heads: Heads) -> dict:
         tasks = self.task_layout
@@ -254,7 +271,11 @@ class MultiTaskModel(keras.Model):
 
     @property
     def shared_variables(self):
-        """Variables that every task's loss reaches: the field embedding tables."""
+        """The field embedding tables: the variables gradient scope "embeddings" adjusts.
+
+        The optional feature crosses (`field_cross`) are reached by every task's loss
+        too; scope "embeddings" gives them the summed gradient, scope "shared" finds
+        them among the variables it adjusts."""
         return self.embedding.trainable_variables
 
     # -- losses and training ---------------------------------------------------
@@ -318,7 +339,7 @@ class MultiTaskModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape(persistent=True) as tape:
             fields = self.embedding(features)                              # (B, F, d)
-            outputs = self._outputs(self.compute_heads(fields, training=True))
+            outputs = self._outputs(self.compute_heads(self.crossed(fields), training=True))
             losses = self.training_losses(labels, outputs)
             total = ops.sum(ops.stack(list(losses.values())))
             scaled = {name: value / replicas for name, value in losses.items()}
