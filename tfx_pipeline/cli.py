@@ -95,7 +95,8 @@ def _band(text: str) -> tuple[float, float]:
 
 
 def _add_model_args(parser):
-    parser.add_argument("--dataset", default="synthetic", help="synthetic | hillstrom | csv")
+    parser.add_argument("--dataset", default="synthetic",
+                        help="synthetic | hillstrom | ali_ccp | aliexpress | kuairand | csv")
     parser.add_argument("--spec", help="dataset spec file (YAML/JSON); required for --dataset csv")
     parser.add_argument("--model", default="shared_bottom", help=f"one of: {', '.join(MODEL_NAMES)}")
     parser.add_argument("--hparams", help="model hyper-parameters: a JSON/YAML file or inline JSON")
@@ -131,7 +132,9 @@ def build_parser(prog: str = "python -m tfx_pipeline") -> argparse.ArgumentParse
 
     run = commands.add_parser("run", help="check the data and run the pipeline locally")
     _add_model_args(run)
-    run.add_argument("--data", help="CSV file (hillstrom: or $HILLSTROM_CSV; csv: required)")
+    run.add_argument("--data", help="CSV file (hillstrom: or $HILLSTROM_CSV; csv: required; "
+                                    "ali_ccp, aliexpress, kuairand: one file in the published "
+                                    "layout, README.md \"Public datasets\")")
     run.add_argument("--rows", type=int, help="rows to generate (synthetic only; default 20000)")
     run.add_argument("--pipeline-root", help="artifacts and metadata (default: pipelines/<name>)")
     run.add_argument("--serving-dir", default="serving_models",
@@ -237,6 +240,7 @@ def _run_locked(args, pipeline_root: str) -> int:
     print(f"checking {source.csv_path} against spec {source.spec.name!r} ...", file=sys.stderr)
     ingested = ingest_csv(source.csv_path, source.spec, os.path.join(pipeline_root, "ingested"),
                           bad_rows=args.bad_rows, rejects_path=args.rejects, rename=source.rename,
+                          prepare=source.prepare,
                           log=lambda line: print(line, file=sys.stderr))
     print(f"{ingested.rows_written} of {ingested.rows_read} rows passed the checks"
           f"{' (reused)' if ingested.reused else ''}", file=sys.stderr)

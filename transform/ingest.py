@@ -54,6 +54,14 @@ with their line numbers and reasons, to a rejects CSV, and the per-reason counts
 are returned; the remaining rows are converted. Nothing is dropped silently:
 rows read == rows written + rows rejected.
 
+Derived columns. A dataset may pass a `Prepare` hook (a name with a version,
+the source columns it reads, and a function) that adds columns to each chunk's
+text frame before the checks, e.g. labels derived from other columns. A source
+cell it cannot derive from is a `CellProblem` naming the source column and a
+reason (the parse reasons above, or the hook's own); its row is reported or
+rejected like any other, and the rejects file holds the row as read, without
+the derived columns. The hook's name is part of the ingest fingerprint.
+
 Duplicates. The split hashes the whole row, so exact duplicate rows always land
 in the same split. Ingest counts written rows equal to an earlier written row
 (`duplicate_rows`, by a 64-bit digest per distinct row: 8 bytes each) and, when
@@ -96,7 +104,7 @@ import math
 import os
 import re
 import shutil
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -148,6 +156,35 @@ class IngestResult:
     def examples_uri(self) -> str:
         """The Examples artifact's directory (Split-train/ and Split-eval/ inside)."""
         return os.path.join(self.examples_dir, EXAMPLES_SUBDIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellProblem:
+    """A source cell a `Prepare` hook could not derive from: the row (position in
+    the chunk's frame), the source column, the reason and the message detail."""
+
+    row: int
+    column: str
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepare:
+    """A per-chunk hook that derives columns from the text frame before the checks.
+
+    `derive(frame)` returns (the frame with the derived columns added as text, the
+    CellProblems of source cells that made a derived cell impossible). The derived
+    cells of such a row must still be valid text (e.g. "0"), so that the problem is
+    reported once, in its source cell. `name` identifies the rule, with a version,
+    in the ingest fingerprint: change it when the rule changes. `reads` are the
+    source columns the hook needs (a file without them stops the ingest; they are
+    not noted as ignored).
+    """
+
+    name: str
+    derive: Callable[[pd.DataFrame], tuple[pd.DataFrame, Sequence[CellProblem]]]
+    reads: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -625,11 +662,13 @@ def unused_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
 
 def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: str = "error",
                 first_line: int = 2, allow_all_bad: bool = False,
-                lines: np.ndarray | None = None):
+                lines: np.ndarray | None = None, source_problems: Sequence[CellProblem] = ()):
     """Checks a text table against the spec.
 
     `lines` is the file line of each row (as `TextChunk.lines`); without it the
-    rows are taken to be on consecutive lines from `first_line`.
+    rows are taken to be on consecutive lines from `first_line`. `source_problems`
+    (from a `Prepare` hook) are added to the problems the checks find, except one
+    the checks found in the same cell for the same reason.
     Returns:
       (typed columns of the good rows, rejects DataFrame, per-reason counts).
     Raises:
@@ -649,6 +688,13 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
         lines = first_line + np.arange(len(frame), dtype=np.int64)
 
     problems, typed = _find_problems(frame, spec)
+    found = set(zip(problems.rows, problems.columns, problems.reasons))
+    for problem in source_problems:
+        if (problem.row, problem.column, problem.reason) not in found:
+            problems.rows.append(int(problem.row))
+            problems.columns.append(problem.column)
+            problems.reasons.append(problem.reason)
+            problems.details.append(problem.detail)
     counts = _summarise(problems)
     if problems and bad_rows == "error":
         first = int(np.argmin(problems.rows))
@@ -829,23 +875,27 @@ def require_every_split(result: IngestResult, spec: DatasetSpec) -> None:
             f"needs rows in both splits: add rows or change split.eval_percent in the spec")
 
 
-def _fingerprint(path: str, spec: DatasetSpec, bad_rows: str, rename) -> str:
+def _fingerprint(path: str, spec: DatasetSpec, bad_rows: str, rename,
+                 prepare: Prepare | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     digest.update(spec.to_json().encode())
     digest.update(json.dumps([bad_rows, sorted((rename or {}).items()), _RECORD_LAYOUT_VERSION]).encode())
+    if prepare is not None:   # (kept out of the digest without a hook: earlier ingests stay valid)
+        digest.update(json.dumps(["prepare", prepare.name]).encode())
     return digest.hexdigest()[:16]
 
 
 def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = "error",
                rejects_path: str | None = None, rename: Mapping[str, str] | None = None,
-               log=print) -> IngestResult:
+               log=print, prepare: Prepare | None = None) -> IngestResult:
     """Checks `path` against `spec` and writes typed tf.Examples under `staging_root`,
     split into train and eval by `SplitRule.from_spec(spec)` (the layout in the
     module docstring); logs ignored columns, skipped blank lines, rejects, the
-    rows per split and a duplicate warning.
+    rows per split and a duplicate warning. `prepare` derives columns from each
+    chunk before the checks (see "Derived columns" in the module docstring).
 
     The output directory is named by a fingerprint of the file's bytes, the spec
     and the options, so re-running on unchanged input reuses it: the pipeline's
@@ -854,7 +904,8 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
     """
     if not os.path.exists(path):
         raise DataValidationError(f"{path}: file not found")
-    out_dir = os.path.join(staging_root, f"{spec.name}-{_fingerprint(path, spec, bad_rows, rename)}")
+    out_dir = os.path.join(staging_root,
+                           f"{spec.name}-{_fingerprint(path, spec, bad_rows, rename, prepare)}")
     summary_path = os.path.join(out_dir, "summary.json")
     if os.path.exists(summary_path):
         with open(summary_path) as handle:
@@ -875,14 +926,18 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
     duplicates = DuplicateCounter()
     ignored: list[str] = []
     for shard, chunk in enumerate(read_numbered_chunks(path, rename, CHUNK_ROWS)):
-        frame = chunk.frame
+        frame, source_problems = _prepared(prepare, chunk.frame, path)
         blank += chunk.blank_lines
         if shard == 0:
-            ignored = unused_columns(frame, spec)
+            reads = prepare.reads if prepare else ()
+            ignored = [column for column in unused_columns(frame, spec) if column not in reads]
         if len(frame) == 0 and shard > 0:   # only blank lines were left
             continue
         good, rejects, chunk_counts = check_table(
-            frame, spec, source=path, bad_rows=bad_rows, allow_all_bad=True, lines=chunk.lines)
+            frame, spec, source=path, bad_rows=bad_rows, allow_all_bad=True, lines=chunk.lines,
+            source_problems=source_problems)
+        # A rejected row as read: without the columns the hook derived.
+        rejects = rejects.drop(columns=[c for c in frame.columns if c not in chunk.frame.columns])
         if len(rejects):
             _append_csv(rejects, saved_rejects, header=rejected == 0)
         rows_read += len(frame)
@@ -908,6 +963,18 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
         json.dump(summary, handle, indent=1)
     os.replace(summary_path + ".partial", summary_path)
     return _result(out_dir, summary, reused=False)
+
+
+def _prepared(prepare: Prepare | None, frame: pd.DataFrame, source: str):
+    """(the chunk's frame with the hook's derived columns, the hook's CellProblems)."""
+    if prepare is None:
+        return frame, ()
+    missing = [column for column in prepare.reads if column not in frame.columns]
+    if missing:
+        raise DataValidationError(
+            f"{source}: missing column(s) {missing} that {prepare.name!r} derives columns from "
+            f"(the header has {list(frame.columns)})")
+    return prepare.derive(frame)
 
 
 def _result(out_dir: str, summary: Mapping, reused: bool) -> IngestResult:

@@ -1,8 +1,11 @@
 """Built-in datasets: where a dataset's CSV comes from and which spec reads it.
 
-  synthetic  the seeded funnel generator (default for `make demo`)
-  hillstrom  MineThatData e-mail data, from --data or $HILLSTROM_CSV
-  csv        any CSV file (--data) described by a spec file (--spec)
+  synthetic   the seeded funnel generator (default for `make demo`)
+  hillstrom   MineThatData e-mail data, from --data or $HILLSTROM_CSV
+  ali_ccp     Ali-CCP (Taobao) in Torch-RecHub's CSV layout, from --data (one file)
+  aliexpress  AliExpress search logs in the 16+63-column layout, from --data (one file)
+  kuairand    KuaiRand logs joined with user and video features, from --data (one file)
+  csv         any CSV file (--data) described by a spec file (--spec)
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Mapping
 
 from transform import spec as spec_lib
 
-NAMES = ("synthetic", "hillstrom", "csv")
+NAMES = ("synthetic", "hillstrom", "ali_ccp", "aliexpress", "kuairand", "csv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +29,8 @@ class DatasetSource:
     # The synthetic generator's FunnelConfig when the rows were generated (it knows
     # each row's true expectations); None for recorded data.
     generator: object = None
+    # Derives columns from each chunk before the checks (transform.ingest.Prepare).
+    prepare: object = None
 
 
 def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | None = None,
@@ -34,6 +39,8 @@ def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | 
     # Imported here so `python -m transform.datasets.synthetic` does not import itself twice.
     from transform.datasets import hillstrom, synthetic
 
+    if name in _adapters():
+        return _adapter_source(_adapters()[name], data, spec_path)
     if name == "synthetic":
         if data:
             raise ValueError("the synthetic dataset is generated; use --rows/--seed instead of --data")
@@ -59,7 +66,8 @@ def spec_for(name: str, spec_path: str | None = None) -> spec_lib.DatasetSpec:
     """The spec of dataset `name` (or the file `spec_path`), without touching any data."""
     from transform.datasets import hillstrom, synthetic
 
-    builtin = {"synthetic": synthetic.SPEC, "hillstrom": hillstrom.SPEC}
+    builtin = {"synthetic": synthetic.SPEC, "hillstrom": hillstrom.SPEC,
+               **{adapter: module.SPEC for adapter, module in _adapters().items()}}
     if name == "csv":
         if not spec_path:
             raise ValueError("the csv dataset needs --spec FILE")
@@ -67,6 +75,20 @@ def spec_for(name: str, spec_path: str | None = None) -> spec_lib.DatasetSpec:
     if name not in builtin:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
     return _with_spec_override(builtin[name], spec_path)
+
+
+def _adapters() -> dict:
+    """Public datasets read from one file in a published layout: name -> module with
+    SPEC, resolve_path(data) (which checks the layout), and optionally RENAME (header
+    names) and PREPARE (a transform.ingest.Prepare that derives columns)."""
+    from transform.datasets import ali_ccp, aliexpress, kuairand
+
+    return {"ali_ccp": ali_ccp, "aliexpress": aliexpress, "kuairand": kuairand}
+
+
+def _adapter_source(module, data: str | None, spec_path: str | None) -> DatasetSource:
+    return DatasetSource(_with_spec_override(module.SPEC, spec_path), module.resolve_path(data),
+                         getattr(module, "RENAME", {}), prepare=getattr(module, "PREPARE", None))
 
 
 def _with_spec_override(default: spec_lib.DatasetSpec, spec_path: str | None):
