@@ -1,6 +1,7 @@
-"""Input checks and conversion of a CSV file into typed tf.Example records.
+"""Input checks and conversion of a CSV, Parquet or TFRecord input into typed
+tf.Example records.
 
-Reading. The file is UTF-8 text (a byte-order mark before the header is
+Reading CSV. The file is UTF-8 text (a byte-order mark before the header is
 allowed), optionally compressed (.gz, .bz2, .xz), with a header row and comma
 separated fields; LF, CRLF and CR line ends are all accepted, and a field in
 double quotes may hold commas, quotes ("" inside quotes) and line breaks. These
@@ -23,6 +24,45 @@ Line numbers are physical lines of the file: the header starts at line 1, and a
 row is numbered by the line it starts on, so a quoted field with line breaks
 moves every later row's number down by the breaks it holds.
 
+Reading Parquet (`transform.formats.ParquetReader`). The input is a Parquet
+file, or a directory whose files named *.parquet are read in name order (not
+subdirectories; names starting with "." or "_", such as _SUCCESS, and every
+other name are skipped and listed in a note). Only the spec's columns are read,
+CHUNK_ROWS rows at a time. Each cell becomes the text a CSV cell would hold, and
+the checks below run on that text: null -> empty (a missing_value), integers
+and decimals -> their digits, float64 -> the shortest text that reads back to
+the same double, float32 -> the shortest that reads back to the same float32
+(nan and inf included, so they are non_finite), bool -> 1 and 0 (in a string
+column too), strings and binary -> UTF-8 text; dictionary-encoded columns are
+decoded. A string in a number column is therefore an unparsable_number, as in
+a CSV file. These stop the ingest (naming the file, and the row and column for
+a cell): a file that is not Parquet or cannot be read, a spec column missing
+from a file's schema or repeated in it, a nested column (list, struct, map) or
+one of another type (timestamps, dates, ...) among the spec's, and binary that
+is not UTF-8. Rows are numbered from 1 within their file ("row 5"); the rejects
+file has `_file` and `_row` columns instead of `_line`.
+
+Reading TFRecord (`transform.formats.TFRecordReader`). The input is a TFRecord
+file of serialized tf.Examples, or a directory whose files are all read in name
+order (TFRecord files have no one suffix; names starting with "." or "_" are
+skipped). Each file is uncompressed or GZIP: the first that reads its first
+record, GZIP tried first for a name ending in .gz (ZLIB is not read). Records
+are read CHUNK_ROWS at a time. Each spec feature of a record must hold one
+value, which becomes a text cell as above: bytes_list -> UTF-8 text,
+int64_list -> digits, float_list -> the float32's shortest text (the usual
+kinds are bytes_list for string features and int64_list or float_list for
+numbers; another kind is read as its text, so bytes in a number feature are an
+unparsable_number). A feature absent from the record or with no values is a
+missing_value; one with several values is a `multiple_values` problem (below).
+These stop the ingest: a file that is neither uncompressed nor GZIP TFRecord, a
+corrupt or cut-short file (naming the first record that cannot be read), a
+record that is not a tf.Example (also a tf.SequenceExample), bytes that are not
+UTF-8, and a spec feature that no record among a file's first CHUNK_ROWS
+records has (a missing column: a misspelt name in the spec would otherwise make
+every row a missing_value, or an optional feature silently its default).
+Records are numbered from 1 within their file ("record 5, feature 'age'"); the
+rejects file has `_file` and `_record` columns.
+
 Checks. Every row is then checked against the dataset spec; a cell's text is
 stripped of surrounding white space first. Reasons a row is bad:
 
@@ -41,6 +81,9 @@ stripped of surrounding white space first. Reasons a row is bad:
   negative_target    a finite continuous core target below zero
   non_finite         nan or inf (any case, optional sign, also "infinity") in a
                      number column
+  multiple_values    (TFRecord) a feature with more than one value; the checks
+                     skip that cell, and the rejects file shows its values as
+                     "[a, b]"
 
 In a string column every non-empty cell is a token, NA, null and nan included;
 an empty one is a missing_value. -0.0 is a valid number. A problem is reported
@@ -48,9 +91,9 @@ in the cell that has it only: a bad step does not also make the next step a
 chain_violation.
 
 With `bad_rows="error"` (the default) the first problem raises
-`DataValidationError` naming the file, line and column, with the count of every
-problem found. With `bad_rows="reject"` the bad rows are written, unchanged and
-with their line numbers and reasons, to a rejects CSV, and the per-reason counts
+`DataValidationError` naming the file, line (row, record) and column, with the
+count of every problem found. With `bad_rows="reject"` the bad rows are written,
+unchanged and with their line (row, record) numbers and reasons, to a rejects CSV, and the per-reason counts
 are returned; the remaining rows are converted. Nothing is dropped silently:
 rows read == rows written + rows rejected.
 
@@ -68,9 +111,10 @@ in the same split. Ingest counts written rows equal to an earlier written row
 they are more than DUPLICATE_WARN_SHARE of the rows and the spec splits by whole
 row, logs one warning advising `split.partition_column`.
 
-`ingest_csv` reads the file in chunks of `CHUNK_ROWS` rows, so its memory does
-not grow with the file (beyond the digests). In error mode it stops at the first
-chunk with a problem; the counts in the message are that chunk's.
+`ingest` reads the input in chunks of at most `CHUNK_ROWS` rows of one file,
+so its memory does not grow with the input (beyond the digests); `ingest_csv` is
+`ingest` of one CSV file. In error mode it stops at the first chunk with a
+problem; the counts in the message are that chunk's.
 
 It writes the good rows already split into train and eval, in the layout of a
 TFX Examples artifact, so the pipeline registers the directory as its Examples
@@ -79,8 +123,9 @@ with an Importer instead of copying it through an ExampleGen:
   <staging root>/<spec name>-<fingerprint>/
     examples/Split-train/data-NNNNN.tfrecord.gz   one GZIP shard per chunk and split
     examples/Split-eval/data-NNNNN.tfrecord.gz
-    summary.json                                  rows read, written, per split,
-                                                  duplicate rows, blank lines
+    summary.json                                  source, format, rows read,
+                                                  written, per split, duplicate
+                                                  rows, blank lines
     rejects.csv                                   with --bad-rows reject (unless given)
 
 The split is ExampleGen's hash split (`SplitRule`), so a row lands in the split
@@ -135,7 +180,27 @@ _SHOWN_CHARS = 40              # longest cell text quoted in a message
 
 
 class DataValidationError(ValueError):
-    """The input data breaks the spec; the message names file, line and column."""
+    """The input data breaks the spec; the message names file, line (row, record) and column."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RowUnit:
+    """What a row's number counts in messages and the rejects file."""
+
+    noun: str            # "line": a CSV file's physical line; "row", "record": 1-based in the file
+    field: str           # what a cell's column is called: "column" or "feature"
+    first: int           # the number of a file's first data row (CSV: 2, after the header)
+    names_file: bool     # the rejects file gets a `_file` column (inputs of several files)
+
+    @property
+    def rejects_column(self) -> str:
+        """The rejects file's column of row numbers: `_line`, `_row` or `_record`."""
+        return f"_{self.noun}"
+
+
+LINE = RowUnit("line", "column", 2, names_file=False)    # CSV
+ROW = RowUnit("row", "column", 1, names_file=True)       # Parquet
+RECORD = RowUnit("record", "feature", 1, names_file=True)  # TFRecord of tf.Examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +225,9 @@ class IngestResult:
 
 @dataclasses.dataclass(frozen=True)
 class CellProblem:
-    """A source cell a `Prepare` hook could not derive from: the row (position in
-    the chunk's frame), the source column, the reason and the message detail."""
+    """A source cell a `Prepare` hook could not derive from, or a cell a reader could
+    not read as one value (`Chunk.problems`): the row (position in the chunk's
+    frame), the source column, the reason and the message detail."""
 
     row: int
     column: str
@@ -202,6 +268,13 @@ class _Problems:
             self.columns.append(column)
             self.reasons.append(reason)
             self.details.append(detail_for_row(int(row)))
+
+    def add_one(self, problem: CellProblem) -> None:
+        """Adds one problem found elsewhere (by a reader or a Prepare hook)."""
+        self.rows.append(int(problem.row))
+        self.columns.append(problem.column)
+        self.reasons.append(problem.reason)
+        self.details.append(problem.detail)
 
     def __len__(self):
         return len(self.rows)
@@ -440,6 +513,46 @@ def _to_chunk(path: str, header: list[str], frame: pd.DataFrame, starts: np.ndar
     return TextChunk(frame, starts[~blank], int(blank.sum()))
 
 
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Up to CHUNK_ROWS rows of one input file as text, what `ingest` checks and writes."""
+
+    frame: pd.DataFrame     # one column of str cells per column read
+    numbers: np.ndarray     # each row's place in `source` (int64), counted in `unit`
+    source: str             # the file the rows are from
+    unit: RowUnit = LINE
+    blank_lines: int = 0    # blank lines skipped in this stretch of the file (CSV)
+    ignored: tuple[str, ...] = ()   # columns (features) of the file the spec does not use
+    # Cells the reader could not turn into one text value (a tf.Example feature with
+    # several values): reported for that reason only (check_table's `unreadable`).
+    problems: tuple[CellProblem, ...] = ()
+
+
+class CsvReader:
+    """The chunk reader of one CSV file (see `ingest` for what a reader provides)."""
+
+    format = "csv"
+    unit = LINE
+
+    def __init__(self, path: str, rename: Mapping[str, str] | None = None):
+        if not os.path.exists(path):
+            raise DataValidationError(f"{path}: file not found")
+        self.source, self.rename = path, dict(rename or {})
+        self.files, self.ignored_files = [path], []
+
+    def fingerprint_options(self):
+        """What besides the bytes names the ingest (the rename, as before other formats)."""
+        return sorted(self.rename.items())
+
+    def chunks(self, wanted: Sequence[str], required: Sequence[str],
+               spec_name: str) -> Iterator[Chunk]:
+        """The file's rows, CHUNK_ROWS at a time (every header column; `check_table`
+        reports missing ones, so `required` and `spec_name` are not used here)."""
+        for text in read_numbered_chunks(self.source, self.rename, CHUNK_ROWS):
+            ignored = tuple(column for column in text.frame.columns if column not in wanted)
+            yield Chunk(text.frame, text.lines, self.source, LINE, text.blank_lines, ignored)
+
+
 def shown(text: str) -> str:
     """`text` quoted for a message, cut to _SHOWN_CHARS characters."""
     if len(text) <= _SHOWN_CHARS:
@@ -660,15 +773,39 @@ def unused_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
     return [column for column in frame.columns if column not in spec.columns]
 
 
+def _blanked(frame: pd.DataFrame, cells: Sequence[CellProblem]) -> pd.DataFrame:
+    """`frame`, or a copy with the text of `cells` (row, column) emptied."""
+    if not cells:
+        return frame
+    frame = frame.copy()
+    for cell in cells:
+        frame.iat[cell.row, frame.columns.get_loc(cell.column)] = ""
+    return frame
+
+
+def _without_cells(problems: _Problems, cells: set) -> _Problems:
+    """The problems outside `cells`, a set of (row, column)."""
+    kept = _Problems()
+    for entry in zip(problems.rows, problems.columns, problems.reasons, problems.details):
+        if (entry[0], entry[1]) not in cells:
+            kept.add_one(CellProblem(*entry))
+    return kept
+
+
 def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: str = "error",
                 first_line: int = 2, allow_all_bad: bool = False,
-                lines: np.ndarray | None = None, source_problems: Sequence[CellProblem] = ()):
+                lines: np.ndarray | None = None, source_problems: Sequence[CellProblem] = (),
+                unit: RowUnit = LINE, unreadable: Sequence[CellProblem] = ()):
     """Checks a text table against the spec.
 
-    `lines` is the file line of each row (as `TextChunk.lines`); without it the
-    rows are taken to be on consecutive lines from `first_line`. `source_problems`
-    (from a `Prepare` hook) are added to the problems the checks find, except one
-    the checks found in the same cell for the same reason.
+    `lines` is the place of each row in its file, counted in `unit` (CSV lines as
+    `TextChunk.lines`, or Parquet rows, TFRecord records); without it the rows are
+    taken to be consecutive from `first_line`. `unit` words the messages ("line 5,
+    column 'age'", "record 5, feature 'age'") and names the rejects' number column.
+    `source_problems` (from a `Prepare` hook) are added to the problems the checks
+    find, except one the checks found in the same cell for the same reason.
+    `unreadable` cells (a reader's problems, e.g. multiple_values) are reported for
+    that reason only: the checks see them as empty and report nothing else there.
     Returns:
       (typed columns of the good rows, rejects DataFrame, per-reason counts).
     Raises:
@@ -687,7 +824,9 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
     if lines is None:
         lines = first_line + np.arange(len(frame), dtype=np.int64)
 
-    problems, typed = _find_problems(frame, spec)
+    problems, typed = _find_problems(_blanked(frame, unreadable), spec)
+    if unreadable:
+        problems = _without_cells(problems, {(p.row, p.column) for p in unreadable})
     found = set(zip(problems.rows, problems.columns, problems.reasons))
     for problem in source_problems:
         if (problem.row, problem.column, problem.reason) not in found:
@@ -695,14 +834,16 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
             problems.columns.append(problem.column)
             problems.reasons.append(problem.reason)
             problems.details.append(problem.detail)
+    for problem in unreadable:
+        problems.add_one(problem)
     counts = _summarise(problems)
     if problems and bad_rows == "error":
         first = int(np.argmin(problems.rows))
         summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
-        scope = "" if lines[0] == 2 and len(frame) < CHUNK_ROWS else (
-            f" in lines {lines[0]}-{lines[-1]}")
+        scope = "" if lines[0] == unit.first and len(frame) < CHUNK_ROWS else (
+            f" in {unit.noun}s {lines[0]}-{lines[-1]}")
         raise DataValidationError(
-            f"{source} line {lines[problems.rows[first]]}, column "
+            f"{source} {unit.noun} {lines[problems.rows[first]]}, {unit.field} "
             f"{problems.columns[first]!r}: {problems.details[first]} (rows with problems"
             f"{scope}: {summary}; pass --bad-rows reject to set bad rows aside in a rejects file)")
 
@@ -712,7 +853,7 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
     for row, column, detail in zip(problems.rows, problems.columns, problems.details):
         reasons_per_row[row].append(f"{column}: {detail}")
     rejects = frame[bad].copy()
-    rejects.insert(0, "_line", lines[bad])
+    rejects.insert(0, unit.rejects_column, lines[bad])
     rejects.insert(1, "_reasons", ["; ".join(reasons_per_row[r]) for r in np.flatnonzero(bad)])
     good = {name: values[~bad] for name, values in typed.items()}
     if not (~bad).any() and not allow_all_bad:
@@ -875,14 +1016,19 @@ def require_every_split(result: IngestResult, spec: DatasetSpec) -> None:
             f"needs rows in both splits: add rows or change split.eval_percent in the spec")
 
 
-def _fingerprint(path: str, spec: DatasetSpec, bad_rows: str, rename,
+def _fingerprint(files: Sequence[str], spec: DatasetSpec, bad_rows: str, options,
                  prepare: Prepare | None = None) -> str:
+    """16 hex digits of SHA-256 over every input file's bytes (in the order read),
+    the spec, `bad_rows`, the reader's `options` (JSON-able), the record layout
+    version and the Prepare hook's name. A CSV file's digest is what it was before
+    other formats were read (its options are the rename), so earlier ingests stay valid."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for path in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     digest.update(spec.to_json().encode())
-    digest.update(json.dumps([bad_rows, sorted((rename or {}).items()), _RECORD_LAYOUT_VERSION]).encode())
+    digest.update(json.dumps([bad_rows, options, _RECORD_LAYOUT_VERSION]).encode())
     if prepare is not None:   # (kept out of the digest without a hook: earlier ingests stay valid)
         digest.update(json.dumps(["prepare", prepare.name]).encode())
     return digest.hexdigest()[:16]
@@ -891,21 +1037,38 @@ def _fingerprint(path: str, spec: DatasetSpec, bad_rows: str, rename,
 def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = "error",
                rejects_path: str | None = None, rename: Mapping[str, str] | None = None,
                log=print, prepare: Prepare | None = None) -> IngestResult:
-    """Checks `path` against `spec` and writes typed tf.Examples under `staging_root`,
-    split into train and eval by `SplitRule.from_spec(spec)` (the layout in the
-    module docstring); logs ignored columns, skipped blank lines, rejects, the
-    rows per split and a duplicate warning. `prepare` derives columns from each
-    chunk before the checks (see "Derived columns" in the module docstring).
+    """`ingest` of one CSV file (`rename`: header name -> spec name)."""
+    return ingest(CsvReader(path, rename), spec, staging_root, bad_rows=bad_rows,
+                  rejects_path=rejects_path, log=log, prepare=prepare)
 
-    The output directory is named by a fingerprint of the file's bytes, the spec
+
+def ingest(reader, spec: DatasetSpec, staging_root: str, bad_rows: str = "error",
+           rejects_path: str | None = None, log=print,
+           prepare: Prepare | None = None) -> IngestResult:
+    """Checks the rows `reader` gives against `spec` and writes typed tf.Examples
+    under `staging_root`, split into train and eval by `SplitRule.from_spec(spec)`
+    (the layout in the module docstring); logs ignored columns and files, skipped
+    blank lines, rejects, the rows per split and a duplicate warning. `prepare`
+    derives columns from each chunk before the checks (see "Derived columns" in the
+    module docstring).
+
+    `reader` is a `CsvReader`, or a reader of `transform.formats` (Parquet,
+    TFRecord). It has `source` (the path given: a file or a directory), `format`,
+    `unit` (a RowUnit), `files` (the data files, in the order read),
+    `ignored_files` (directory entries skipped), `fingerprint_options()` (JSON-able)
+    and `chunks(wanted, required, spec_name)`, which yields `Chunk`s of at most
+    CHUNK_ROWS rows of one file each, with the columns of `wanted` the file has, and
+    raises DataValidationError for a structural problem (a `required` column
+    missing, for the readers that check that themselves).
+
+    The output directory is named by a fingerprint of the files' bytes, the spec
     and the options, so re-running on unchanged input reuses it: the pipeline's
     Importer then registers the same directory again, resolves to the same
     Examples artifact, and every downstream component's cache stays valid.
     """
-    if not os.path.exists(path):
-        raise DataValidationError(f"{path}: file not found")
-    out_dir = os.path.join(staging_root,
-                           f"{spec.name}-{_fingerprint(path, spec, bad_rows, rename, prepare)}")
+    fingerprint = _fingerprint(reader.files, spec, bad_rows, reader.fingerprint_options(),
+                               prepare)
+    out_dir = os.path.join(staging_root, f"{spec.name}-{fingerprint}")
     summary_path = os.path.join(out_dir, "summary.json")
     if os.path.exists(summary_path):
         with open(summary_path) as handle:
@@ -924,20 +1087,26 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
     counts: collections.Counter = collections.Counter()
     split_rows: collections.Counter = collections.Counter()
     duplicates = DuplicateCounter()
-    ignored: list[str] = []
-    for shard, chunk in enumerate(read_numbered_chunks(path, rename, CHUNK_ROWS)):
-        frame, source_problems = _prepared(prepare, chunk.frame, path)
+    ignored: dict[str, None] = {}   # in the order first seen
+    reads = tuple(prepare.reads) if prepare else ()
+    wanted = [*spec.columns, *(column for column in reads if column not in spec.columns)]
+    # Without a hook every spec column must be in the file; with one, the columns
+    # it reads (the ones it derives are checked once derived).
+    required = reads if prepare else tuple(spec.columns)
+    for shard, chunk in enumerate(reader.chunks(wanted, required, spec.name)):
+        frame, source_problems = _prepared(prepare, chunk.frame, chunk.source)
         blank += chunk.blank_lines
-        if shard == 0:
-            reads = prepare.reads if prepare else ()
-            ignored = [column for column in unused_columns(frame, spec) if column not in reads]
+        ignored.update(dict.fromkeys(chunk.ignored))
         if len(frame) == 0 and shard > 0:   # only blank lines were left
             continue
         good, rejects, chunk_counts = check_table(
-            frame, spec, source=path, bad_rows=bad_rows, allow_all_bad=True, lines=chunk.lines,
-            source_problems=source_problems)
+            frame, spec, source=chunk.source, bad_rows=bad_rows, allow_all_bad=True,
+            lines=chunk.numbers, source_problems=source_problems, unit=chunk.unit,
+            unreadable=chunk.problems)
         # A rejected row as read: without the columns the hook derived.
         rejects = rejects.drop(columns=[c for c in frame.columns if c not in chunk.frame.columns])
+        if chunk.unit.names_file:
+            rejects.insert(0, "_file", chunk.source)
         if len(rejects):
             _append_csv(rejects, saved_rejects, header=rejected == 0)
         rows_read += len(frame)
@@ -949,14 +1118,18 @@ def ingest_csv(path: str, spec: DatasetSpec, staging_root: str, bad_rows: str = 
                                              f"data-{shard:05d}.tfrecord.gz", rule)
             split_rows.update(written_now)
             written += sum(written_now.values())
+    if rows_read == 0:
+        raise DataValidationError(f"{reader.source}: no data rows (in {len(reader.files)} "
+                                  f"{reader.format} file(s))")
     if written == 0:
-        raise DataValidationError(f"{path}: every one of {rows_read} rows has a problem; "
-                                  f"see the reasons in {saved_rejects}")
-    summary = dict(source=path, rows_read=rows_read, rows_written=written,
+        raise DataValidationError(f"{reader.source}: every one of {rows_read} rows has a "
+                                  f"problem; see the reasons in {saved_rejects}")
+    summary = dict(source=reader.source, format=reader.format, files=len(reader.files),
+                   rows_read=rows_read, rows_written=written,
                    reject_counts=dict(counts), rejects_path=saved_rejects if rejected else None,
                    split_rows={split: split_rows[split] for split in SPLIT_NAMES},
                    duplicate_rows=duplicates.duplicates, blank_lines=blank,
-                   ignored_columns=ignored)
+                   ignored_columns=list(ignored), ignored_files=list(reader.ignored_files))
     _report(summary, spec, log)
     # Written last, whole or not at all (renamed into place): marks the ingest complete.
     with open(summary_path + ".partial", "w") as handle:
@@ -991,6 +1164,9 @@ def _report(summary: Mapping, spec: DatasetSpec, log) -> None:
     if summary["ignored_columns"]:
         log(f"note: ignoring column(s) {summary['ignored_columns']} that spec "
             f"{spec.name!r} does not use")
+    if summary.get("ignored_files"):
+        log(f"note: skipped {len(summary['ignored_files'])} name(s) in directory "
+            f"{summary['source']} that are not data files: {summary['ignored_files']}")
     if summary["blank_lines"]:
         log(f"note: skipped {summary['blank_lines']} blank line(s)")
     _report_rejects(summary["rows_read"] - summary["rows_written"], summary["reject_counts"],
