@@ -165,8 +165,8 @@ def transform_child(rows: int, work_dir: str, schema: str, beam_args: str = "") 
 
     root = os.path.join(work_dir, f"transform-{rows}")
     source = datasets.resolve("synthetic", os.path.join(root, "source"), rows=rows)
-    print(f"checking {source.csv_path} against spec", file=sys.stderr, flush=True)
-    ingested = ingest_csv(source.csv_path, source.spec, os.path.join(root, "ingested"),
+    print(f"checking {source.path} against spec", file=sys.stderr, flush=True)
+    ingested = ingest_csv(source.path, source.spec, os.path.join(root, "ingested"),
                           log=lambda line: print(line, file=sys.stderr))
     print(f"{ingested.rows_written} rows passed the checks", file=sys.stderr, flush=True)
     require_every_split(ingested, source.spec)

@@ -96,8 +96,11 @@ def _band(text: str) -> tuple[float, float]:
 
 def _add_model_args(parser):
     parser.add_argument("--dataset", default="synthetic",
-                        help="synthetic | hillstrom | ali_ccp | aliexpress | kuairand | csv")
-    parser.add_argument("--spec", help="dataset spec file (YAML/JSON); required for --dataset csv")
+                        help="synthetic | hillstrom | ali_ccp | aliexpress | kuairand | csv | "
+                             "parquet | tfrecord (the last three: any --data file in that "
+                             "format, with --spec)")
+    parser.add_argument("--spec", help="dataset spec file (YAML/JSON); required for --dataset "
+                                       "csv, parquet and tfrecord")
     parser.add_argument("--model", default="shared_bottom", help=f"one of: {', '.join(MODEL_NAMES)}")
     parser.add_argument("--hparams", help="model hyper-parameters: a JSON/YAML file or inline JSON")
     parser.add_argument("--train-steps", type=int, default=1000)
@@ -134,7 +137,10 @@ def build_parser(prog: str = "python -m tfx_pipeline") -> argparse.ArgumentParse
     _add_model_args(run)
     run.add_argument("--data", help="CSV file (hillstrom: or $HILLSTROM_CSV; csv: required; "
                                     "ali_ccp, aliexpress, kuairand: one file in the published "
-                                    "layout, README.md \"Public datasets\")")
+                                    "layout, README.md \"Public datasets\"); parquet: a "
+                                    "Parquet file or a directory of *.parquet files; tfrecord: "
+                                    "a TFRecord file of tf.Examples (GZIP or not) or a "
+                                    "directory of them")
     run.add_argument("--rows", type=int, help="rows to generate (synthetic only; default 20000)")
     run.add_argument("--pipeline-root", help="artifacts and metadata (default: pipelines/<name>)")
     run.add_argument("--serving-dir", default="serving_models",
@@ -231,17 +237,18 @@ def _run_locked(args, pipeline_root: str) -> int:
     """`run` once it holds the pipeline root: ingest, the pipeline, the outcome."""
     from tfx_pipeline.machine import usable_cpus
     from transform import datasets
-    from transform.ingest import ingest_csv, require_every_split
+    from transform.formats import reader_for
+    from transform.ingest import ingest, require_every_split
 
     started = time.monotonic()
     _check_model(args, datasets.spec_for(args.dataset, args.spec))
     source = datasets.resolve(args.dataset, os.path.join(pipeline_root, "source"), data=args.data,
                               spec_path=args.spec, rows=args.rows, seed=args.seed)
-    print(f"checking {source.csv_path} against spec {source.spec.name!r} ...", file=sys.stderr)
-    ingested = ingest_csv(source.csv_path, source.spec, os.path.join(pipeline_root, "ingested"),
-                          bad_rows=args.bad_rows, rejects_path=args.rejects, rename=source.rename,
-                          prepare=source.prepare,
-                          log=lambda line: print(line, file=sys.stderr))
+    print(f"checking {source.path} against spec {source.spec.name!r} ...", file=sys.stderr)
+    ingested = ingest(reader_for(source.format, source.path, source.rename), source.spec,
+                      os.path.join(pipeline_root, "ingested"), bad_rows=args.bad_rows,
+                      rejects_path=args.rejects, prepare=source.prepare,
+                      log=lambda line: print(line, file=sys.stderr))
     print(f"{ingested.rows_written} of {ingested.rows_read} rows passed the checks"
           f"{' (reused)' if ingested.reused else ''}", file=sys.stderr)
     require_every_split(ingested, source.spec)

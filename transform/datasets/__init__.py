@@ -1,4 +1,4 @@
-"""Built-in datasets: where a dataset's CSV comes from and which spec reads it.
+"""Built-in datasets: where a dataset's data comes from and which spec reads it.
 
   synthetic   the seeded funnel generator (default for `make demo`)
   hillstrom   MineThatData e-mail data, from --data or $HILLSTROM_CSV
@@ -6,6 +6,8 @@
   aliexpress  AliExpress search logs in the 16+63-column layout, from --data (one file)
   kuairand    KuaiRand logs joined with user and video features, from --data (one file)
   csv         any CSV file (--data) described by a spec file (--spec)
+  parquet     a Parquet file or a directory of *.parquet files (--data), with --spec
+  tfrecord    a TFRecord file of tf.Examples or a directory of them (--data), with --spec
 """
 
 from __future__ import annotations
@@ -16,26 +18,31 @@ from typing import Mapping
 
 from transform import spec as spec_lib
 
-NAMES = ("synthetic", "hillstrom", "ali_ccp", "aliexpress", "kuairand", "csv")
+NAMES = ("synthetic", "hillstrom", "ali_ccp", "aliexpress", "kuairand", "csv", "parquet",
+         "tfrecord")
+# Datasets that are any file (or directory) in a format, described by --spec.
+FORMAT_NAMES = ("csv", "parquet", "tfrecord")
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
-    """A CSV file and the spec that describes it."""
+    """A data file (or directory) in `format` and the spec that describes it."""
 
     spec: spec_lib.DatasetSpec
-    csv_path: str
+    path: str
     rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # The synthetic generator's FunnelConfig when the rows were generated (it knows
     # each row's true expectations); None for recorded data.
     generator: object = None
     # Derives columns from each chunk before the checks (transform.ingest.Prepare).
     prepare: object = None
+    # How `path` is read: "csv", "parquet" or "tfrecord" (transform.formats.reader_for).
+    format: str = "csv"
 
 
 def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | None = None,
             rows: int | None = None, seed: int = 0) -> DatasetSource:
-    """Finds (or, for `synthetic`, writes) the CSV for dataset `name`."""
+    """Finds (or, for `synthetic`, writes) the data for dataset `name`."""
     # Imported here so `python -m transform.datasets.synthetic` does not import itself twice.
     from transform.datasets import hillstrom, synthetic
 
@@ -55,10 +62,10 @@ def resolve(name: str, work_dir: str, data: str | None = None, spec_path: str | 
     if name == "hillstrom":
         return DatasetSource(_with_spec_override(hillstrom.SPEC, spec_path),
                              hillstrom.resolve_path(data), hillstrom.RENAME)
-    if name == "csv":
+    if name in FORMAT_NAMES:
         if not data or not spec_path:
-            raise ValueError("the csv dataset needs both --data FILE and --spec FILE")
-        return DatasetSource(spec_lib.load(spec_path), data)
+            raise ValueError(f"the {name} dataset needs both --data PATH and --spec FILE")
+        return DatasetSource(spec_lib.load(spec_path), data, format=name)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
 
 
@@ -68,9 +75,9 @@ def spec_for(name: str, spec_path: str | None = None) -> spec_lib.DatasetSpec:
 
     builtin = {"synthetic": synthetic.SPEC, "hillstrom": hillstrom.SPEC,
                **{adapter: module.SPEC for adapter, module in _adapters().items()}}
-    if name == "csv":
+    if name in FORMAT_NAMES:
         if not spec_path:
-            raise ValueError("the csv dataset needs --spec FILE")
+            raise ValueError(f"the {name} dataset needs --spec FILE")
         return spec_lib.load(spec_path)
     if name not in builtin:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
