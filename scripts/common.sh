@@ -65,13 +65,28 @@ check_rootfs_location() {
   local extra dir rootfs_real
   IFS=: read -ra extra <<<"${FUNNEL_BIND:-}"
   for dir in "${extra[@]}"; do [ -n "$dir" ] && FUNNEL_SHARED_DIRS+=("$(realpath "$dir")"); done
-  case "$PWD/" in "$(dirname "$FUNNEL_REPO")"/*|/tmp/*) ;; *) FUNNEL_SHARED_DIRS+=("$PWD") ;; esac
   rootfs_real=$(realpath -m "$FUNNEL_ROOTFS")
   for dir in "${FUNNEL_SHARED_DIRS[@]}"; do
-    case "$rootfs_real/" in
-      "$(realpath -m "$dir")"/*) die "the rootfs ($FUNNEL_ROOTFS) lies inside $dir, which is bound into it; set FUNNEL_HOME or FUNNEL_ROOTFS to a path outside it" ;;
-    esac
+    path_within "$rootfs_real" "$dir" \
+      && die "the rootfs ($FUNNEL_ROOTFS) lies inside $dir, which is bound into it; set FUNNEL_HOME or FUNNEL_ROOTFS to a path outside it"
   done
+  for dir in "${FUNNEL_SHARED_DIRS[@]}"; do path_within "$PWD" "$dir" && return 0; done
+  # The current directory is bound in as well, so that relative paths mean the same
+  # inside. One that holds the rootfs (/, the home directory of the default
+  # FUNNEL_HOME) cannot be: the rootfs would contain itself.
+  path_within "$PWD" "$rootfs_real" \
+    && die "the current directory ($PWD) lies inside the runtime ($FUNNEL_ROOTFS); run from a directory of your own"
+  path_within "$rootfs_real" "$PWD" \
+    && die "the current directory ($PWD) holds the runtime ($FUNNEL_ROOTFS), so it cannot be made visible inside it; run from another directory (the one with your data, say), or set FUNNEL_HOME to a path outside $PWD"
+  FUNNEL_SHARED_DIRS+=("$PWD")
+}
+
+path_within() {  # path_within PATH DIR: PATH is DIR or lies below it
+  local prefix
+  prefix=$(realpath -m "$2")
+  prefix=${prefix%/}/   # "/" stays "/", "/work" becomes "/work/"
+  case "$(realpath -m "$1")/" in "$prefix"*) return 0 ;; esac
+  return 1
 }
 
 rootfs_mounts() {  # the mount points inside the rootfs, parents before children
