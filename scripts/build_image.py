@@ -630,8 +630,12 @@ def default_rootfs() -> str:
     """scripts/common.sh's FUNNEL_ROOTFS default."""
     if os.environ.get("FUNNEL_ROOTFS"):
         return os.environ["FUNNEL_ROOTFS"]
-    home = os.environ.get("FUNNEL_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "funnelstack")
+    home = os.environ.get("FUNNEL_HOME")
+    if not home and os.geteuid() == 0:
+        home = "/var/cache/funnelstack"
+    elif not home:
+        home = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                            "funnelstack")
     return os.path.join(home, "rootfs-trixie")
 
 

@@ -1,7 +1,8 @@
 # Shared settings for the runtime scripts. Sourced, not executed.
 #
-# FUNNEL_HOME     where the runtime lives (outside the repository);
-#                 default: ${XDG_CACHE_HOME:-$HOME/.cache}/funnelstack
+# FUNNEL_HOME     where the runtime lives (outside the repository); default:
+#                 /var/cache/funnelstack for root, else
+#                 ${XDG_CACHE_HOME:-$HOME/.cache}/funnelstack
 # FUNNEL_ROOTFS   the Debian 13 root filesystem used on hosts whose glibc is
 #                 older than 2.39 or whose python3 is not 3.12-3.13 (see
 #                 FUNNEL_PYTHON_MIN below); default: $FUNNEL_HOME/rootfs-trixie
@@ -9,7 +10,14 @@
 #                 default: detected from the host's glibc and Python.
 
 FUNNEL_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-FUNNEL_HOME=${FUNNEL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/funnelstack}
+# Root's runtime lives outside its home directory so that commands also run from
+# there: a directory that holds the rootfs cannot be made visible inside it
+# (check_rootfs_location). Only root can use the rootfs runtime at all.
+if [ "$(id -u)" = 0 ]; then
+  FUNNEL_HOME=${FUNNEL_HOME:-/var/cache/funnelstack}
+else
+  FUNNEL_HOME=${FUNNEL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/funnelstack}
+fi
 FUNNEL_ROOTFS=${FUNNEL_ROOTFS:-$FUNNEL_HOME/rootfs-trixie}
 FUNNEL_HOST_VENV=$FUNNEL_HOME/venv
 # Path of the venv as seen from inside the root filesystem.

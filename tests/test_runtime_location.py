@@ -2,7 +2,7 @@
 
 The current directory is bound into the Debian 13 root filesystem so that relative
 paths mean the same inside. A directory that holds the rootfs (/, the home
-directory under which FUNNEL_HOME lies by default) must be refused: binding `/`
+directory when FUNNEL_HOME is set under it) must be refused: binding `/`
 over the rootfs once put the host's own root where the runtime should be, and the
 next set-up wrote into the host.
 """
