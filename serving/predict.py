@@ -25,11 +25,12 @@ def resolve_version_dir(model_dir: str) -> str:
         return model_dir
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"{model_dir}: no such model directory")
-    versions = [d for d in os.listdir(model_dir)
-                if d.isdigit() and os.path.exists(os.path.join(model_dir, d, "saved_model.pb"))]
+    from serving.servables import version_directories
+
+    versions = version_directories(model_dir)
     if not versions:
         raise FileNotFoundError(f"{model_dir}: neither a SavedModel nor a directory of versions")
-    return os.path.join(model_dir, max(versions, key=int))
+    return os.path.join(model_dir, versions[-1][1])
 
 
 def load_spec(version_dir: str):

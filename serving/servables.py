@@ -71,21 +71,27 @@ class LoadFailure:
     fingerprint: tuple
 
 
-def numeric_versions(base_path: str) -> list[int]:
-    """Versions under `base_path` whose SavedModel is complete (saved_model.pb present).
+def is_version_name(name: str) -> bool:
+    """True for a version directory's name: ASCII digits only. A temporary name
+    (`.tmp-3`, `3.partial`) or a Unicode digit ("²", which str.isdigit() accepts and
+    int() refuses) is not a version."""
+    return name.isascii() and name.isdigit()
 
-    Only names of ASCII digits count: a temporary name (`.tmp-3`, `3.partial`) or a
-    Unicode digit ("²", which str.isdigit() accepts) is not a version.
-    """
+
+def version_directories(base_path: str, complete_only: bool = True) -> list[tuple[int, str]]:
+    """(version, directory name) of the versions under `base_path` (local or any file
+    system tf.io.gfile reads), by version; with `complete_only`, only those whose
+    saved_model.pb is present. "007" is version 7, as for TF Serving."""
     if not tf.io.gfile.isdir(base_path):
         return []
     found = []
     for entry in tf.io.gfile.listdir(base_path):
         name = entry.rstrip("/")
-        if name.isascii() and name.isdigit() and \
-                tf.io.gfile.exists(os.path.join(base_path, name, "saved_model.pb")):
-            found.append(int(name))
+        if is_version_name(name) and (not complete_only or tf.io.gfile.exists(
+                os.path.join(base_path, name, "saved_model.pb"))):
+            found.append((int(name), name))
     return sorted(found)
+
 
 
 def files_fingerprint(path: str) -> tuple:
@@ -167,9 +173,10 @@ class ModelVersions:
         self._loaded: dict[int, LoadedVersion] = {}
         self._failed: dict[int, LoadFailure] = {}   # kept until the version's files change
         self._seen: dict[int, tuple] = {}           # files at the last poll, of unloaded versions
+        self._directories: dict[int, str] = {}      # version -> directory name ("007" is 7)
 
     def _path(self, version: int) -> str:
-        return os.path.join(self.base_path, str(version))
+        return os.path.join(self.base_path, self._directories.get(version, str(version)))
 
     def poll(self, settle: bool = True) -> None:
         """Loads the versions the policy wants among the good ones, then unloads the rest.
@@ -177,7 +184,8 @@ class ModelVersions:
         `settle=False` loads new versions without waiting for a second look at their
         files (at start-up, as TF Serving loads what is there before it serves).
         """
-        on_disk = numeric_versions(self.base_path)
+        self._directories = dict(version_directories(self.base_path))
+        on_disk = sorted(self._directories)
         self._forget_missing(on_disk)
         wanted = wanted_versions([v for v in on_disk if not self._still_failed(v)], self.policy)
         for version in wanted:

@@ -25,7 +25,9 @@ import pytest
 
 from conftest import REPO
 from tfx_pipeline.cli import OPEN_QUALITY_GATES
-from tfx_pipeline.push import copy_version, directory_digest
+from serving.predict import resolve_version_dir
+from serving.servables import version_directories
+from tfx_pipeline.push import copy_version, directory_digest, newest_version
 
 pytestmark = pytest.mark.e2e
 
@@ -241,3 +243,23 @@ def test_a_push_onto_a_full_disk_leaves_nothing_behind(tmp_path, tmpfs):
         copy_version(str(large), str(base))
     assert "No space left on device" in str(raised.value) and raised.value.filename.startswith(str(base))
     assert [str(p) for p in base.iterdir()] == [kept]
+
+
+def test_pushing_and_predicting_read_versions_as_tf_serving_does(tmp_path):
+    """Only names of ASCII digits are versions ("007" is 7); "²", which str.isdigit()
+    accepts and int() refuses, used to stop the Pusher before it copied anything."""
+    base = tmp_path / "serving" / "m"
+    for name in ("3", "007", "\u00b2", "9.partial", ".tmp-12"):
+        (base / name).mkdir(parents=True)
+        (base / name / "saved_model.pb").write_bytes(b"graph")
+    (base / "12").mkdir()                     # a version still being written: no graph yet
+    assert version_directories(str(base)) == [(3, "3"), (7, "007")]
+    assert version_directories(str(base), complete_only=False) == [(3, "3"), (7, "007"), (12, "12")]
+    assert newest_version(str(base)) == str(base / "007")
+    assert resolve_version_dir(str(base)) == str(base / "007")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"new graph")
+    target, version = copy_version(str(model), str(base))
+    assert int(version) >= 13 and target == str(base / version)
+    assert newest_version(str(base)) == target

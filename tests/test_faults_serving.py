@@ -258,6 +258,15 @@ def test_temporary_and_non_numeric_directories_are_ignored(tmp_path):
                  "version 2")
 
 
+def test_a_zero_padded_version_directory_is_served_by_its_number(tmp_path):
+    """TF Serving reads "007" as version 7; the stand-in loads it from that directory."""
+    base = tmp_path / "tiny"
+    export_tiny(base / "007")
+    model = ModelVersions(model_server_config_pb2.ModelConfig(name="tiny", base_path=str(base)))
+    model.poll(settle=False)
+    assert [s[:2] for s in model.states()] == [(7, "AVAILABLE")]
+
+
 def test_a_version_is_loaded_once_its_files_stop_changing(tmp_path):
     """Without the atomic rename: the watcher waits while files change, retries a version
     that failed once its files change, and never reports a version half written."""

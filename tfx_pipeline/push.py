@@ -38,6 +38,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, proto_utils
 
+from serving.servables import version_directories
 from tfx_pipeline import disk
 
 ALREADY_SERVING_KEY = "already_serving"
@@ -58,12 +59,8 @@ def directory_digest(path: str) -> str:
 
 def newest_version(base_directory: str) -> str | None:
     """The highest numeric version directory holding a saved_model.pb, or None."""
-    if not fileio.isdir(base_directory):
-        return None
-    versions = [v.rstrip("/") for v in fileio.listdir(base_directory)]
-    versions = [v for v in versions if v.isdigit()
-                and fileio.exists(os.path.join(base_directory, v, "saved_model.pb"))]
-    return os.path.join(base_directory, max(versions, key=int)) if versions else None
+    versions = version_directories(base_directory)
+    return os.path.join(base_directory, versions[-1][1]) if versions else None
 
 
 def _is_local(path: str) -> bool:
@@ -95,7 +92,7 @@ def remove_abandoned_partials(base_directory: str) -> list[str]:
     for name in fileio.listdir(base_directory):
         name = name.rstrip("/")
         parts = name.split("-")
-        if not (name.startswith(".partial-") and len(parts) >= 4 and parts[-1].isdigit()):
+        if not (name.startswith(".partial-") and len(parts) >= 4 and parts[-1].isascii() and parts[-1].isdigit()):
             continue
         host, pid = "-".join(parts[2:-1]), int(parts[-1])
         if host == socket.gethostname() and not _process_alive(pid):
@@ -116,11 +113,8 @@ def copy_version(model_path: str, base_directory: str) -> tuple[str, str]:
     by the next push). On object stores rename is not atomic, so the copy goes
     to its final place with saved_model.pb written last, as the stock Pusher does.
     """
-    version = int(time.time())
-    if fileio.isdir(base_directory):
-        taken = [int(v.rstrip("/")) for v in fileio.listdir(base_directory)
-                 if v.rstrip("/").isdigit()]
-        version = max([version] + [v + 1 for v in taken])
+    version = max([int(time.time())] + [v + 1 for v, _ in version_directories(
+        base_directory, complete_only=False)])
     target = os.path.join(base_directory, str(version))
     if not _is_local(base_directory):
         _copy_saved_model(model_path, target)
