@@ -150,4 +150,5 @@ def test_readiness_script(states, ready):
                                 capture_output=True, text=True, timeout=30)
     finally:
         server.shutdown()
+        server.server_close()
     assert (result.returncode == 0) == ready, result.stderr

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -131,7 +132,7 @@ def test_missing_column_is_an_error_and_an_unknown_one_a_note(tmp_path):
     result = ingest_csv(extra, SPEC, str(tmp_path / "staged"), log=logged.append)
     assert (result.rows_read, result.rows_written) == (3, 3)
     assert logged[0] == "note: ignoring column(s) ['notes'] that spec 'tiny' does not use"
-    summary = json.loads(open(os.path.join(result.examples_dir, "summary.json")).read())
+    summary = json.loads(Path(result.examples_dir, "summary.json").read_text())
     assert summary["ignored_columns"] == ["notes"]
 
 
@@ -300,7 +301,7 @@ def test_duplicate_rows_are_counted_and_warned_about_above_one_percent(
     path = write_bytes(tmp_path, (HEADER + "\n".join(rows) + "\n").encode())
     result = ingest_csv(path, SPEC, str(tmp_path / "staged"), log=logged.append)
     assert result.duplicate_rows == duplicates
-    summary = json.loads(open(os.path.join(result.examples_dir, "summary.json")).read())
+    summary = json.loads(Path(result.examples_dir, "summary.json").read_text())
     assert summary["duplicate_rows"] == duplicates
     warnings = [line for line in logged if line.startswith("warning:")]
     if warned is None:
