@@ -1,9 +1,12 @@
 import os
+import sys
 
 import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The installed command (make setup: pip install -e .), beside this interpreter.
+FUNNELSTACK = os.path.join(os.path.dirname(sys.executable), "funnelstack")
 DEFAULT_HILLSTROM = os.path.join(REPO, "..", "shared", "datasets", "hillstrom", "hillstrom.csv.gz")
 
 # Two logical CPU devices, so tests can train under MirroredStrategy. This must

@@ -8,11 +8,10 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import FUNNELSTACK, REPO
 from tfx_pipeline import console, quiet
 
 NATIVE_LINE = re.compile(r"^[IWEF]\d{4} ", re.MULTILINE)
-FUNNELSTACK = os.path.join(os.path.dirname(sys.executable), "funnelstack")
 
 
 def run_python(code, tmp_path, **env):

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from conftest import REPO
+from conftest import FUNNELSTACK, REPO
 from serving import predict
 from tfx_pipeline.cli import OPEN_CORE_GATES, OPEN_QUALITY_GATES
 from transform.datasets import synthetic
@@ -24,8 +24,6 @@ from transform.datasets import synthetic
 pytestmark = pytest.mark.e2e
 
 
-# The installed command (make setup: pip install -e .), beside this interpreter.
-FUNNELSTACK = os.path.join(os.path.dirname(sys.executable), "funnelstack")
 # A line of TensorFlow's native (absl) logging, which must not reach the terminal.
 NATIVE_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:", re.MULTILINE)
 

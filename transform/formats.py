@@ -91,11 +91,6 @@ class _FileReader:
                 "files": [[os.path.relpath(f, base), os.path.getsize(f)] for f in self.files]}
 
 
-def _missing_column_error(file: str, missing: list[str], spec_name: str, has: str):
-    return DataValidationError(f"{file}: missing column(s) {missing} required by spec "
-                               f"{spec_name!r} ({has})")
-
-
 # ---------------------------------------------------------------- cells as text
 
 def float_texts(array: pa.Array) -> pa.Array:
@@ -126,12 +121,8 @@ def utf8_texts(array: pa.Array, where: Callable[[int], str]) -> pa.Array:
         return array.cast(pa.large_binary()).cast(pa.large_string())
     except pa.ArrowInvalid:
         for index, value in enumerate(array.cast(pa.large_binary()).to_pylist()):
-            try:
-                if value is not None:
-                    value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataValidationError(f"{where(index)}: bytes that are not UTF-8 text "
-                                          f"({shown_bytes(value)})") from None
+            if value is not None:
+                _decoded(value, where(index))   # raises for the first one that is not UTF-8
         raise
 
 
@@ -234,7 +225,7 @@ def _parquet_columns(file: str, schema: pa.Schema, wanted: Sequence[str],
                                   f"Parquet schema")
     missing = [name for name in required if name not in names]
     if missing:
-        raise _missing_column_error(file, missing, spec_name,
+        raise ingest.missing_columns_error(file, missing, spec_name,
                                     f"the Parquet schema has {names}")
     columns = [name for name in wanted if name in names]
     for name in columns:
@@ -371,7 +362,7 @@ def tfrecord_chunks(file: str, wanted: Sequence[str], required: Sequence[str],
         if first == 1:
             missing = [name for name in required if name not in seen]
             if missing:
-                raise _missing_column_error(
+                raise ingest.missing_columns_error(
                     file, missing, spec_name, f"no record among records 1-{len(records)} has "
                     f"them; the records have features {sorted(seen | set(extra))}")
         frame, problems = {}, []

@@ -768,11 +768,6 @@ def _summarise(problems: _Problems) -> collections.Counter:
     return collections.Counter(reason for _, reason in set(zip(problems.rows, problems.reasons)))
 
 
-def unused_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
-    """Header columns the spec does not use (ingest ignores them)."""
-    return [column for column in frame.columns if column not in spec.columns]
-
-
 def _blanked(frame: pd.DataFrame, cells: Sequence[CellProblem]) -> pd.DataFrame:
     """`frame`, or a copy with the text of `cells` (row, column) emptied."""
     if not cells:
@@ -790,6 +785,14 @@ def _without_cells(problems: _Problems, cells: set) -> _Problems:
         if (entry[0], entry[1]) not in cells:
             kept.add_one(CellProblem(*entry))
     return kept
+
+
+def missing_columns_error(source: str, missing: Sequence[str], spec_name: str,
+                          has: str) -> DataValidationError:
+    """The error for spec columns an input lacks; `has` says what it has instead
+    ("the header has [...]", "the Parquet schema has [...]")."""
+    return DataValidationError(f"{source}: missing column(s) {list(missing)} required by spec "
+                               f"{spec_name!r} ({has})")
 
 
 def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: str = "error",
@@ -816,9 +819,8 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
         raise ValueError(f"bad_rows must be one of {BAD_ROW_MODES}, got {bad_rows!r}")
     missing = [column for column in spec.columns if column not in frame.columns]
     if missing:
-        raise DataValidationError(
-            f"{source}: missing column(s) {missing} required by spec {spec.name!r} "
-            f"(the header has {list(frame.columns)})")
+        raise missing_columns_error(source, missing, spec.name,
+                                    f"the header has {list(frame.columns)}")
     if len(frame) == 0:
         raise DataValidationError(f"{source}: no data rows after the header")
     if lines is None:
@@ -830,10 +832,7 @@ def check_table(frame: pd.DataFrame, spec: DatasetSpec, source: str, bad_rows: s
     found = set(zip(problems.rows, problems.columns, problems.reasons))
     for problem in source_problems:
         if (problem.row, problem.column, problem.reason) not in found:
-            problems.rows.append(int(problem.row))
-            problems.columns.append(problem.column)
-            problems.reasons.append(problem.reason)
-            problems.details.append(problem.detail)
+            problems.add_one(problem)
     for problem in unreadable:
         problems.add_one(problem)
     counts = _summarise(problems)

@@ -160,8 +160,8 @@ def resolve_path(data: str | None) -> str:
     renamed_back = {new: old for old, new in RENAME.items()}
     needed = [renamed_back.get(column, column) for column in SPEC.columns
               if column not in (LONG_VIEW, WATCH_TIME)]
-    layout.require_columns(path, needed + ["play_time_ms"], LAYOUT)
-    if WATCH_TIME in (layout.header(path) or ()):
+    names = layout.require_columns(path, needed + ["play_time_ms"], LAYOUT)
+    if WATCH_TIME in (names or ()):
         raise DataValidationError(f"{path}: has a column {WATCH_TIME!r}, which the kuairand "
                                   f"adapter derives from play_time_ms; rename or drop it")
     return path

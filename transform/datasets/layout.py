@@ -42,14 +42,16 @@ def header(path: str) -> list[str] | None:
         return None
 
 
-def require_columns(path: str, required: Sequence[str], layout: str) -> None:
-    """Raises DataValidationError when the header of `path` lacks any of `required`."""
+def require_columns(path: str, required: Sequence[str], layout: str) -> list[str] | None:
+    """The header of `path` (None when unreadable, see `header`); raises
+    DataValidationError when it lacks any of `required`."""
     names = header(path)
     if names is None:
-        return
+        return None
     missing = [column for column in required if column not in names]
     if missing:
         shown = names if len(names) <= 12 else names[:12] + [f"... ({len(names)} columns)"]
         raise DataValidationError(
             f"{path}: not the expected layout ({layout}): missing column(s) {missing} "
             f"(the header has {shown})")
+    return names
